@@ -1,0 +1,240 @@
+"""Which files of a workspace are indexed, and why the others are not.
+
+Nothing here reads a secret file: names like ``.env``, ``*.pem``, ``*.key`` and ``id_rsa*`` are rejected from
+their name alone. Every file passed over is reported with a reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+SUPPORTED_SUFFIXES = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".mdx": "markdown",
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+    ".docx": "docx",
+}
+
+SECRET_PATTERNS = [
+    ".env",
+    ".env.*",
+    "*.env",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "*.kdbx",
+    "*.gpg",
+    "*.asc",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".netrc",
+    ".pgpass",
+    ".npmrc",
+    ".pypirc",
+    "credentials",
+    "credentials.*",
+    "*.secret",
+    "*.secrets",
+    "*.tfstate",
+]
+
+# Folders never descended into (kb's own state, VCS metadata, dependency trees).
+PRUNED_DIRS = {".kb", ".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A file that will be read: ``path`` is relative to the workspace root, with ``/`` separators."""
+
+    path: str
+    abspath: Path
+    kind: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+def _glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a gitignore-like glob (``**`` spans folders, ``*`` does not) to a regex."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+class GlobSet:
+    def __init__(self, patterns: list[str]):
+        self.patterns = [p.strip().lstrip("./") if p.startswith("./") else p.strip() for p in patterns]
+        self._regexes = [_glob_to_regex(p) for p in self.patterns if p]
+
+    def match(self, relpath: str) -> bool:
+        return any(r.match(relpath) for r in self._regexes)
+
+    def may_contain(self, reldir: str) -> bool:
+        """Could a file below ``reldir`` match? (Used to prune the walk.)"""
+        prefix = reldir + "/"
+        for pattern in self.patterns:
+            literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+            if literal.startswith(prefix) or prefix.startswith(literal) or not literal:
+                return True
+        return False
+
+
+def is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(fnmatch.fnmatchcase(lowered, p) for p in SECRET_PATTERNS)
+
+
+def discover(
+    root: Path,
+    include: list[str],
+    exclude: list[str] | None = None,
+    max_bytes: int = 10 * 1024 * 1024,
+) -> tuple[list[Candidate], list[Skipped]]:
+    """Walk ``root`` and return the files to index (sorted by path) and those skipped, each with a reason.
+
+    Only metadata is read here (``lstat``/``stat``); file contents are read by :func:`read_candidate`.
+    """
+    root = root.resolve()
+    includes = GlobSet(include)
+    excludes = GlobSet(exclude or [])
+    candidates: list[Candidate] = []
+    skipped: list[Skipped] = []
+
+    def onerror(err: OSError) -> None:
+        rel = _rel(root, Path(err.filename)) if err.filename else "?"
+        if includes.may_contain(rel) or includes.match(rel):
+            skipped.append(Skipped(rel, f"cannot list folder: {err.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
+        here = Path(dirpath)
+        reldir = _rel(root, here)
+        keep = []
+        for d in sorted(dirnames):
+            rel = f"{reldir}/{d}" if reldir else d
+            full = here / d
+            if d in PRUNED_DIRS or excludes.match(rel) or excludes.match(rel + "/"):
+                continue
+            if not includes.may_contain(rel):
+                continue
+            if full.is_symlink():
+                skipped.append(Skipped(rel, "symlinked folder: not followed (link the files, or index the target)"))
+                continue
+            keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            rel = f"{reldir}/{name}" if reldir else name
+            if not includes.match(rel) or excludes.match(rel):
+                continue
+            verdict = _check_file(root, here / name, rel, name, max_bytes)
+            if isinstance(verdict, Skipped):
+                skipped.append(verdict)
+            else:
+                candidates.append(verdict)
+    candidates.sort(key=lambda c: c.path)
+    skipped.sort(key=lambda s: s.path)
+    return candidates, skipped
+
+
+def _rel(root: Path, path: Path) -> str:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return str(path)
+    return PurePosixPath(*rel.parts).as_posix() if rel.parts else ""
+
+
+def _check_file(root: Path, full: Path, rel: str, name: str, max_bytes: int) -> Candidate | Skipped:
+    if is_secret(name):
+        return Skipped(rel, "looks like a secret (credentials or key file): never read")
+    try:
+        lst = full.lstat()
+    except FileNotFoundError:
+        return Skipped(rel, "vanished while scanning")
+    except OSError as exc:
+        return Skipped(rel, f"cannot stat: {exc.strerror}")
+    target = full
+    if stat.S_ISLNK(lst.st_mode):
+        try:
+            target = full.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return Skipped(rel, "broken symlink")
+        if not target.is_relative_to(root):
+            return Skipped(rel, f"symlink resolves outside the workspace ({target}): not read")
+        if is_secret(target.name):
+            return Skipped(rel, "symlink to a secret file: never read")
+        try:
+            st = target.stat()
+        except OSError as exc:
+            return Skipped(rel, f"cannot stat symlink target: {exc.strerror}")
+    else:
+        st = lst
+    if not stat.S_ISREG(st.st_mode):
+        return Skipped(rel, "not a regular file (device, socket or pipe)")
+    kind = SUPPORTED_SUFFIXES.get(full.suffix.lower())
+    if kind is None:
+        return Skipped(rel, f"unsupported file type {full.suffix or '(no extension)'!r}")
+    if st.st_size == 0:
+        return Skipped(rel, "empty file")
+    if st.st_size > max_bytes:
+        return Skipped(
+            rel,
+            f"larger than the size cap ({st.st_size / 1e6:.1f} MB > {max_bytes / 1e6:.1f} MB; "
+            "raise max_file_mb in kb.toml to index it)",
+        )
+    if not os.access(target, os.R_OK):
+        return Skipped(rel, "permission denied")
+    return Candidate(path=rel, abspath=full, kind=kind, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+
+def read_candidate(candidate: Candidate, max_bytes: int) -> bytes:
+    """Read a candidate's bytes, refusing to read more than ``max_bytes`` (the file may have grown)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(candidate.abspath, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{candidate.path} is no longer a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise OSError(f"grew beyond the size cap ({max_bytes / 1e6:.1f} MB) while being read")
+    return data

@@ -1,0 +1,223 @@
+"""Answerers. ``Answerer`` is the protocol; ``ExtractiveAnswerer`` is the default and needs no language model.
+
+The extractive answerer composes its answer only from sentences that are in the retrieved chunks, each quoted
+verbatim with its file and exact line range, so it cannot say anything its sources do not say. The persona shapes
+the answer: its "What I Always Consider" priorities decide which further evidence is looked for and how the
+answer is organised (one section per priority that the sources speak to).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from kb.models import Answer, Citation, Hit
+from kb.personas import Consideration, Persona
+from kb.prompts import CANNOT_ANSWER
+
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+
+@dataclass
+class Evidence:
+    """What retrieval hands an answerer: the hits for the question, and per persona priority its own hits."""
+
+    question: str
+    hits: list[Hit]
+    aspects: dict[str, list[Hit]] = field(default_factory=dict)
+
+
+class Answerer(Protocol):
+    name: str
+
+    def answer(self, evidence: Evidence, persona: Persona | None) -> Answer: ...
+
+
+@dataclass
+class Sentence:
+    text: str  # whitespace-normalised, verbatim otherwise
+    hit: Hit
+    start_line: int
+    end_line: int
+
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
+_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{2,}")
+_LIST = re.compile(r"^\s*(?:[-*+]|\d{1,3}[.)])\s+")
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[*`])")
+_ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|no|fig)\.$", re.I)
+
+
+def sentences_of(hit: Hit) -> list[Sentence]:
+    """Split a chunk into sentences (and table rows), each with the exact lines it occupies."""
+    lines = hit.text.split("\n")
+    out: list[Sentence] = []
+    in_code = False
+    para: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        if not para:
+            return
+        joined = ""
+        offsets: list[tuple[int, int]] = []  # (char offset in joined, line number)
+        for ln, text in para:
+            if joined:
+                joined += "\n"
+            offsets.append((len(joined), ln))
+            joined += text
+        starts = [0]
+        for m in _BOUNDARY.finditer(joined):
+            if not _ABBREV.search(joined[: m.start() + 1]):
+                starts.append(m.end())
+        starts.append(len(joined))
+        for a, b in zip(starts, starts[1:]):
+            raw = joined[a:b]
+            text = " ".join(raw.split())
+            text = _LIST.sub("", text, count=1) if a == 0 else text
+            if len(text.split()) < 4:
+                continue
+            first = max(ln for off, ln in offsets if off <= a)
+            last = max(ln for off, ln in offsets if off <= max(a, b - 1))
+            out.append(Sentence(text, hit, first, last))
+        para.clear()
+
+    for i, line in enumerate(lines):
+        ln = hit.start_line + i
+        if _FENCE.match(line):
+            flush()
+            in_code = not in_code
+            continue
+        if in_code or not line.strip() or _HEADING.match(line):
+            flush()
+            continue
+        if line.lstrip().startswith("|"):
+            flush()
+            if not _TABLE_SEP.match(line.strip().lstrip("|")):
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                if len([c for c in cells if c]) >= 2 and len(" ".join(cells).split()) >= 3:
+                    out.append(Sentence(" ".join(line.split()), hit, ln, ln))
+            continue
+        if _LIST.match(line):
+            flush()
+        para.append((ln, line))
+    flush()
+    return out
+
+
+class ExtractiveAnswerer:
+    """Answers with verbatim, cited sentences from the retrieved chunks; abstains when none is relevant."""
+
+    name = "extractive"
+
+    def __init__(self, embed: Embed, min_relevance: float = 0.35, max_direct: int = 4, per_aspect: int = 2):
+        self.embed = embed
+        self.min_relevance = min_relevance
+        self.max_direct = max_direct
+        self.per_aspect = per_aspect
+
+    def answer(self, evidence: Evidence, persona: Persona | None) -> Answer:
+        question = evidence.question
+        pool: dict[tuple[str, int, int, str], Sentence] = {}
+        for hit in [*evidence.hits, *(h for hs in evidence.aspects.values() for h in hs)]:
+            for s in sentences_of(hit):
+                pool.setdefault((s.hit.path, s.start_line, s.end_line, s.text), s)
+        sentences = list(pool.values())
+        title = persona.title if persona else None
+        if not sentences:
+            return self._abstain(evidence, persona)
+        aspects: list[Consideration] = persona.always_consider if persona else []
+        texts = [question] + [s.text for s in sentences] + [f"{a.label}: {a.description}" for a in aspects]
+        vecs = self.embed(texts)
+        qv, sv, av = vecs[0], vecs[1 : 1 + len(sentences)], vecs[1 + len(sentences) :]
+        rel = sv @ qv
+        order = np.argsort(-rel)
+        if rel[order[0]] < self.min_relevance:
+            return self._abstain(evidence, persona)
+
+        chosen: list[int] = []
+
+        def novel(i: int) -> bool:
+            return all(float(sv[i] @ sv[j]) < 0.92 for j in chosen)
+
+        direct = []
+        for i in order:
+            if rel[i] < self.min_relevance or len(direct) >= self.max_direct:
+                break
+            if novel(i):
+                direct.append(int(i))
+                chosen.append(int(i))
+        sections: list[tuple[str, list[int]]] = []
+        if aspects:
+            # A sentence may serve a priority when it is about the question (a looser bar) and about the priority.
+            floor = self.min_relevance * 0.75
+            aspect_sim = sv @ av.T  # (sentences, aspects)
+            best_aspect = aspect_sim.argmax(axis=1)
+            for a_idx, aspect in enumerate(aspects):
+                picks = []
+                for i in np.argsort(-aspect_sim[:, a_idx]):
+                    if len(picks) >= self.per_aspect:
+                        break
+                    i = int(i)
+                    if i in chosen or rel[i] < floor or best_aspect[i] != a_idx or aspect_sim[i, a_idx] < 0.2:
+                        continue
+                    if novel(i):
+                        picks.append(i)
+                        chosen.append(i)
+                if picks:
+                    sections.append((aspect.label, picks))
+
+        citations: list[Citation] = []
+        cite_of: dict[int, int] = {}
+
+        def cite(i: int) -> int:
+            if i not in cite_of:
+                s = sentences[i]
+                citations.append(
+                    Citation(
+                        id=len(citations) + 1,
+                        path=s.hit.path,
+                        start_line=s.start_line,
+                        end_line=s.end_line,
+                        heading=s.hit.heading,
+                        quote=s.text,
+                        score=round(float(rel[i]), 4),
+                        url=s.hit.url,
+                    )
+                )
+                cite_of[i] = citations[-1].id
+            return cite_of[i]
+
+        parts: list[str] = []
+        sources = {sentences[i].hit.path for i in chosen}
+        if title:
+            parts.append(f"**{title}** · {len(sources)} source{'s' if len(sources) != 1 else ''} in the knowledge base")
+            parts.append("")
+        parts.extend(f"- {sentences[i].text} [{cite(i)}]" for i in direct)
+        for label, picks in sections:
+            parts.append("")
+            parts.append(f"**{label}**")
+            parts.extend(f"- {sentences[i].text} [{cite(i)}]" for i in picks)
+        return Answer(
+            question=question,
+            persona=persona.name if persona else None,
+            answer="\n".join(parts),
+            abstained=False,
+            citations=citations,
+            persona_title=title,
+        )
+
+    def _abstain(self, evidence: Evidence, persona: Persona | None) -> Answer:
+        return Answer(
+            question=evidence.question,
+            persona=persona.name if persona else None,
+            answer=CANNOT_ANSWER,
+            abstained=True,
+            citations=[],
+            nearest=evidence.hits[:3],
+            persona_title=persona.title if persona else None,
+        )

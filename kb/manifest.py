@@ -1,0 +1,218 @@
+"""The manifest: kb's source of truth, in SQLite.
+
+Per source: its path, content hash, size and mtime, and its chunks (text, line range, heading). Per embedded text:
+its vector, keyed by model and text hash, so no text is ever embedded twice (a rename, a reverted edit, a rebuilt
+Chroma collection all reuse vectors). Chroma is an index derived from this file and can always be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kb.errors import IndexCorruptError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sources (
+    path TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    source_type TEXT NOT NULL,
+    title TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    indexed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL REFERENCES sources(path) ON DELETE CASCADE,
+    ordinal INTEGER NOT NULL,
+    text_hash TEXT NOT NULL,
+    start_line INTEGER NOT NULL,
+    end_line INTEGER NOT NULL,
+    heading TEXT NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    embed_text TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
+CREATE TABLE IF NOT EXISTS vectors (
+    model_id TEXT NOT NULL,
+    text_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model_id, text_hash)
+);
+"""
+
+
+@dataclass
+class SourceRow:
+    path: str
+    content_hash: str
+    size: int
+    mtime_ns: int
+    kind: str
+    source_type: str
+    title: str | None
+    metadata: dict[str, Any]
+    indexed_at: float
+
+
+@dataclass
+class ChunkRow:
+    id: str
+    path: str
+    ordinal: int
+    text_hash: str
+    start_line: int
+    end_line: int
+    heading: str
+    text: str
+    page: int | None = None
+    embed_text: str = ""
+
+
+class Manifest:
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = path
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+            else:
+                self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+                if self.get_meta("schema_version") is None:
+                    self.set_meta("schema_version", str(SCHEMA_VERSION))
+                    self.db.commit()
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("SELECT count(*) FROM sources").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorruptError(
+                f"The manifest {path} cannot be read ({exc}). Move the folder {path.parent} aside and run "
+                "kb index to rebuild it."
+            ) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- meta ---------------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # --- sources and chunks -------------------------------------------------------------------------------
+    def sources(self) -> dict[str, SourceRow]:
+        rows = self.db.execute(
+            "SELECT path, content_hash, size, mtime_ns, kind, source_type, title, metadata, indexed_at FROM sources"
+        ).fetchall()
+        return {r[0]: SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in rows}
+
+    def chunk_counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT path, count(*) FROM chunks GROUP BY path").fetchall())
+
+    def chunks_of(self, path: str) -> list[ChunkRow]:
+        rows = self.db.execute(
+            "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, embed_text FROM chunks "
+            "WHERE path=? ORDER BY ordinal",
+            (path,),
+        ).fetchall()
+        return [ChunkRow(*r) for r in rows]
+
+    def chunks_by_id(self, ids: Sequence[str]) -> dict[str, ChunkRow]:
+        out: dict[str, ChunkRow] = {}
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            marks = ",".join("?" * len(part))
+            for r in self.db.execute(
+                "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, embed_text FROM chunks "
+                f"WHERE id IN ({marks})",
+                part,
+            ):
+                out[r[0]] = ChunkRow(*r)
+        return out
+
+    def all_chunk_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT id FROM chunks")}
+
+    def iter_chunks(self) -> Iterable[ChunkRow]:
+        cur = self.db.execute(
+            "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, embed_text FROM chunks ORDER BY path, ordinal"
+        )
+        for r in cur:
+            yield ChunkRow(*r)
+
+    def put_source(self, source: SourceRow, chunks: list[ChunkRow]) -> None:
+        """Replace a source and its chunks (call inside a transaction)."""
+        self.db.execute("DELETE FROM chunks WHERE path=?", (source.path,))
+        self.db.execute(
+            "INSERT OR REPLACE INTO sources(path, content_hash, size, mtime_ns, kind, source_type, title, metadata, "
+            "indexed_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (source.path, source.content_hash, source.size, source.mtime_ns, source.kind, source.source_type,
+             source.title, json.dumps(source.metadata, default=str), source.indexed_at),
+        )
+        self.db.executemany(
+            "INSERT INTO chunks(id, path, ordinal, text_hash, start_line, end_line, heading, text, page, embed_text) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(c.id, c.path, c.ordinal, c.text_hash, c.start_line, c.end_line, c.heading, c.text, c.page, c.embed_text)
+             for c in chunks],
+        )
+
+    def touch_source(self, path: str, size: int, mtime_ns: int) -> None:
+        self.db.execute("UPDATE sources SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, path))
+
+    def remove_source(self, path: str) -> None:
+        self.db.execute("DELETE FROM chunks WHERE path=?", (path,))
+        self.db.execute("DELETE FROM sources WHERE path=?", (path,))
+
+    def clear_sources(self) -> None:
+        self.db.execute("DELETE FROM chunks")
+        self.db.execute("DELETE FROM sources")
+
+    # --- vectors ------------------------------------------------------------------------------------------
+    def get_vectors(self, model_id: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(hashes))
+        for start in range(0, len(unique), 500):
+            part = unique[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for h, blob in self.db.execute(
+                f"SELECT text_hash, vector FROM vectors WHERE model_id=? AND text_hash IN ({marks})",
+                [model_id, *part],
+            ):
+                out[h] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def put_vectors(self, model_id: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO vectors(model_id, text_hash, vector) VALUES (?,?,?)",
+            [(model_id, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items],
+        )
+        self.db.commit()
+
+    def prune_vectors(self, model_id: str) -> int:
+        """Drop cached vectors no chunk uses any more (keeps the file from growing forever)."""
+        cur = self.db.execute(
+            "DELETE FROM vectors WHERE model_id=? AND text_hash NOT IN (SELECT text_hash FROM chunks)", (model_id,)
+        )
+        return cur.rowcount
+
+    def stamp(self) -> float:
+        now = time.time()
+        self.set_meta("last_indexed_at", repr(now))
+        return now

@@ -1,0 +1,97 @@
+"""Terminal rendering for the CLI (Rich). The library never prints; this module does."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from kb.models import Answer, Hit, IndexReport, Status
+from kb.prompts import NEAREST_SOURCES
+
+_STAGES = {"scan": "Reading files", "embed": "Embedding chunks", "write": "Writing index", "done": "Done"}
+
+
+class ProgressReporter:
+    """A progress callback (stage, done, total) drawn as a Rich progress bar on a terminal."""
+
+    def __init__(self, console: Console, enabled: bool):
+        self.enabled = enabled
+        self._progress = Progress(
+            TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console, transient=True,
+        ) if enabled else None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressReporter:
+        if self._progress:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress:
+            self._progress.stop()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self._progress or stage == "done":
+            return
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(_STAGES.get(stage, stage), total=total or 1)
+        self._progress.update(self._tasks[stage], completed=done, total=total or 1)
+
+
+def print_index_report(out: Console, r: IndexReport) -> None:
+    out.print(
+        f"Indexed: {len(r.added)} added, {len(r.updated)} updated, {len(r.removed)} removed, "
+        f"{len(r.renamed)} renamed, {r.unchanged} unchanged · {r.chunks_embedded} chunks embedded · "
+        f"{r.chunks_total} chunks in the index · {r.seconds:.1f}s"
+    )
+    if r.rebuilt:
+        out.print("The embedding model or chunking settings changed: the index was rebuilt.")
+    for line in r.repaired:
+        out.print(f"[yellow]repaired:[/] {escape(line)}")
+    if r.skipped:
+        out.print(f"Skipped {len(r.skipped)} file(s):")
+        for s in r.skipped:
+            out.print(f"  {escape(s.path)}: {escape(s.reason)}")
+
+
+def print_hits(out: Console, hits: list[Hit]) -> None:
+    if not hits:
+        out.print("No results.")
+    for h in hits:
+        where = f"{h.path}:{h.start_line}-{h.end_line}"
+        out.print(f"[bold]{h.rank}.[/] {escape(where)} [dim]› {escape(h.heading)}  ({h.score:.3f})[/]")
+        if h.url:
+            out.print(f"   {escape(h.url)}")
+        snippet = " ".join(h.text.split())
+        out.print("   " + escape(snippet[:240] + ("…" if len(snippet) > 240 else "")))
+
+
+def print_answer(out: Console, a: Answer) -> None:
+    if a.abstained:
+        out.print(escape(a.answer))
+        if a.nearest:
+            out.print(NEAREST_SOURCES)
+            for h in a.nearest:
+                out.print(f"  - {escape(h.path)}:{h.start_line}-{h.end_line} › {escape(h.heading)} ({h.score:.2f})")
+        return
+    out.print(escape(a.answer).replace("\\[", "["))
+    out.print()
+    out.print("[bold]Sources[/]")
+    for c in a.citations:
+        out.print(f"[{c.id}] {escape(c.location)}" + (f"  {escape(c.url)}" if c.url else ""))
+        out.print(f"    \"{escape(c.quote)}\"", style="dim")
+
+
+def print_status(out: Console, st: Status) -> None:
+    when = dt.datetime.fromtimestamp(st.last_indexed_at).isoformat(timespec="seconds") if st.last_indexed_at else "never"
+    out.print(f"workspace     {escape(st.workspace)}")
+    out.print(f"index folder  {escape(st.index_dir)}")
+    out.print(f"model         {escape(st.model)} ({st.embedder_runtime})")
+    out.print(f"sources       {st.sources_count}   chunks {st.chunks_count}   last indexed {when}")
+    for s in st.sources:
+        out.print(f"  {escape(s.path):<60} {s.chunks:>4} chunks  {s.content_hash[:12]}")

@@ -1,0 +1,138 @@
+"""The vector index: Chroma. The only module that imports chromadb.
+
+One persistent Chroma folder per workspace (``.workos/.kb/chroma``) and one collection per index fingerprint
+(embedding model + chunking settings), so vectors of two models never share a collection. Vectors are always
+passed in: Chroma's own embedding function is never used (it would try to download a model).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from kb.errors import IndexCorruptError
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+class Store(Protocol):
+    """What kb needs from a vector index."""
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict[str, Any]]) -> None: ...
+
+    def delete(self, ids: Sequence[str]) -> None: ...
+
+    def query(self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[tuple[str, float]]: ...
+
+    def ids(self) -> set[str]: ...
+
+    def count(self) -> int: ...
+
+
+class ChromaStore:
+    """A Chroma collection in a persistent folder; cosine distance."""
+
+    def __init__(self, path: Path, collection: str):
+        self.path = path
+        self.collection_name = collection
+        self._client: Any = None
+        self._collection: Any = None
+
+    def _open(self) -> Any:
+        if self._collection is None:
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                self._client = chromadb.PersistentClient(
+                    path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+                )
+                self._collection = self._client.get_or_create_collection(
+                    self.collection_name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+                )
+            except Exception as exc:
+                raise IndexCorruptError(f"Cannot open the Chroma index at {self.path}: {exc}") from exc
+        return self._collection
+
+    @property
+    def max_batch(self) -> int:
+        self._open()
+        try:
+            return int(self._client.get_max_batch_size())
+        except Exception:  # pragma: no cover - older clients
+            return 5000
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray, metadatas: Sequence[dict[str, Any]]) -> None:
+        col = self._open()
+        step = self.max_batch
+        for start in range(0, len(ids), step):
+            col.upsert(
+                ids=list(ids[start : start + step]),
+                embeddings=np.asarray(vectors[start : start + step], dtype=np.float32),
+                metadatas=list(metadatas[start : start + step]),
+            )
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        col = self._open()
+        step = self.max_batch
+        for start in range(0, len(ids), step):
+            col.delete(ids=list(ids[start : start + step]))
+
+    def query(self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[tuple[str, float]]:
+        col = self._open()
+        n = col.count()
+        if n == 0:
+            return []
+        res = col.query(
+            query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
+            n_results=min(k, n),
+            where=where or None,
+            include=["distances"],
+        )
+        return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0])]
+
+    def ids(self) -> set[str]:
+        col = self._open()
+        out: set[str] = set()
+        total = col.count()
+        step = 10000
+        for offset in range(0, total, step):
+            out.update(col.get(include=[], limit=step, offset=offset)["ids"])
+        return out
+
+    def count(self) -> int:
+        return int(self._open().count())
+
+    def drop_other_collections(self) -> list[str]:
+        """Delete collections of other fingerprints (an old model's vectors)."""
+        self._open()
+        dropped = []
+        for col in self._client.list_collections():
+            name = col if isinstance(col, str) else col.name
+            if name != self.collection_name and name.startswith("kb_"):
+                self._client.delete_collection(name)
+                dropped.append(name)
+        return dropped
+
+    def close(self) -> None:
+        self._collection = None
+        self._client = None
+
+
+def quarantine(path: Path) -> Path:
+    """Move a damaged Chroma folder aside (kept for inspection) so a fresh one can be built."""
+    target = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    shutil.move(str(path), str(target))
+    return target

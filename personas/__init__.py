@@ -1,0 +1,1 @@
+"""Bundled persona documents (markdown). Loaded by :mod:`kb.personas`."""
