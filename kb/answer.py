@@ -29,6 +29,7 @@ class Evidence:
     question: str
     hits: list[Hit]
     aspects: dict[str, list[Hit]] = field(default_factory=dict)
+    aspect_vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Answerer(Protocol):
@@ -130,10 +131,12 @@ class ExtractiveAnswerer:
         title = persona.title if persona else None
         if not sentences:
             return self._abstain(evidence, persona)
-        aspects: list[Consideration] = persona.always_consider if persona else []
-        texts = [question] + [s.text for s in sentences] + [f"{a.label}: {a.description}" for a in aspects]
-        vecs = self.embed(texts)
-        qv, sv, av = vecs[0], vecs[1 : 1 + len(sentences)], vecs[1 + len(sentences) :]
+        aspects: list[Consideration] = [
+            a for a in (persona.always_consider if persona else []) if a.label in evidence.aspect_vectors
+        ]
+        vecs = self.embed([question] + [s.text for s in sentences])
+        qv, sv = vecs[0], vecs[1:]
+        av = np.stack([evidence.aspect_vectors[a.label] for a in aspects]) if aspects else np.zeros((0, len(qv)))
         rel = sv @ qv
         order = np.argsort(-rel)
         if rel[order[0]] < self.min_relevance:
@@ -154,16 +157,16 @@ class ExtractiveAnswerer:
         sections: list[tuple[str, list[int]]] = []
         if aspects:
             # A sentence may serve a priority when it is about the question (a looser bar) and about the priority.
-            floor = self.min_relevance * 0.75
+            floor = self.min_relevance * 0.7
             aspect_sim = sv @ av.T  # (sentences, aspects)
             best_aspect = aspect_sim.argmax(axis=1)
             for a_idx, aspect in enumerate(aspects):
                 picks = []
-                for i in np.argsort(-aspect_sim[:, a_idx]):
+                for i in np.argsort(-(aspect_sim[:, a_idx] + rel)):
                     if len(picks) >= self.per_aspect:
                         break
                     i = int(i)
-                    if i in chosen or rel[i] < floor or best_aspect[i] != a_idx or aspect_sim[i, a_idx] < 0.2:
+                    if i in chosen or rel[i] < floor or best_aspect[i] != a_idx or aspect_sim[i, a_idx] < 0.15:
                         continue
                     if novel(i):
                         picks.append(i)

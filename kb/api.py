@@ -202,16 +202,36 @@ class KnowledgeBase:
         chosen = self.persona(persona or self.settings.persona) if (persona or self.settings.persona) else None
         k = k or self.settings.top_k
         manifest, store = self._ready()
-        texts = [question]
         aspects = chosen.always_consider if chosen else []
-        texts += [f"{question} {a.label}: {a.description}" for a in aspects]
-        vectors = self.embedder.embed(texts)
+        vectors = self.embedder.embed([question, *self._aspect_texts(chosen)])
         fetch = max(k * 2, k + 5)
         hits = self._hits(manifest, store.query(vectors[0], fetch), k)
         evidence = Evidence(question, hits)
+        # The persona's priorities decide what further evidence is looked for: the question, steered towards
+        # each priority.
         for aspect, vec in zip(aspects, vectors[1:]):
-            evidence.aspects[aspect.label] = self._hits(manifest, store.query(vec, 6), 2)
+            steered = vectors[0] + vec
+            steered /= max(float((steered @ steered) ** 0.5), 1e-12)
+            evidence.aspects[aspect.label] = self._hits(manifest, store.query(steered, 8), 3)
+            evidence.aspect_vectors[aspect.label] = vec
         return self.answerer.answer(evidence, chosen)
+
+    def _aspect_texts(self, persona: Persona | None) -> list[str]:
+        """Each "What I Always Consider" priority, enriched with the persona's closest expertise/principle lines."""
+        if persona is None or not persona.always_consider:
+            return []
+        aspects = persona.always_consider
+        lore = persona.lore()
+        base = [f"{a.label}: {a.description}" for a in aspects]
+        if not lore:
+            return base
+        vecs = self.embedder.embed(base + lore)
+        av, lv = vecs[: len(base)], vecs[len(base) :]
+        out = []
+        for i, text in enumerate(base):
+            best = (lv @ av[i]).argsort()[::-1][:2]
+            out.append(text + " " + " ".join(lore[j] for j in best))
+        return out
 
     def persona(self, name: str) -> Persona:
         return get_persona(name, self.workspace.personas_dir)

@@ -62,6 +62,15 @@ class Persona:
     collaborators: list[str] = field(default_factory=list)
     sections: dict[str, str] = field(default_factory=dict)
 
+    def lore(self) -> list[str]:
+        """The persona's expertise and principle lines: what its priorities mean to it, in its own words."""
+        lines = list(self.expertise)
+        for line in self.sections.get("principles", "").splitlines():
+            m = _BULLET.match(line)
+            if m:
+                lines.append(m.group(1).strip())
+        return lines
+
     @property
     def consult_questions(self) -> list[str]:
         return [q for qs in self.when_to_consult.values() for q in qs]
