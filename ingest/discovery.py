@@ -101,7 +101,7 @@ def _glob_to_regex(pattern: str) -> re.Pattern[str]:
 
 class GlobSet:
     def __init__(self, patterns: list[str]):
-        self.patterns = [p.strip().lstrip("./") if p.startswith("./") else p.strip() for p in patterns]
+        self.patterns = [p.strip().removeprefix("./") for p in patterns]  # "./x" is "x" (not lstrip: keeps ".workos")
         self._regexes = [_glob_to_regex(p) for p in self.patterns if p]
 
     def match(self, relpath: str) -> bool:

@@ -7,7 +7,6 @@ kept as ``page`` metadata. Markdown YAML front matter becomes metadata and is no
 
 from __future__ import annotations
 
-import html
 import io
 import re
 from dataclasses import dataclass, field
@@ -161,7 +160,7 @@ def _load_html(source: str) -> Document:
     text = "".join(parser.out)
     lines = [line.rstrip() for line in text.splitlines()]
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(line.lstrip() if not line.startswith(" ") else line for line in lines))
-    text = html.unescape(text).strip() + "\n"
+    text = text.strip() + "\n"  # entities were already decoded by the parser (convert_charrefs)
     if not text.strip():
         raise LoadError("no text in the HTML page")
     meta: dict[str, Any] = {"title": parser.title} if parser.title else {}

@@ -135,4 +135,10 @@ def quarantine(path: Path) -> Path:
     """Move a damaged Chroma folder aside (kept for inspection) so a fresh one can be built."""
     target = path.with_name(f"{path.name}.damaged-{int(time.time())}")
     shutil.move(str(path), str(target))
+    try:  # Chroma caches one client per folder in-process; forget the broken one
+        from chromadb.api.client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()
+    except Exception:  # pragma: no cover - internal API moved
+        log.debug("could not clear Chroma's client cache", exc_info=True)
     return target
