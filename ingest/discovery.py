@@ -101,7 +101,8 @@ def _glob_to_regex(pattern: str) -> re.Pattern[str]:
 
 class GlobSet:
     def __init__(self, patterns: list[str]):
-        self.patterns = [p.strip().removeprefix("./") for p in patterns]  # "./x" is "x" (not lstrip: keeps ".workos")
+        # "./x" means "x"; removeprefix, not lstrip("./"), which would also eat the dot of ".workos/..."
+        self.patterns = [p.strip().removeprefix("./") for p in patterns]
         self._regexes = [_glob_to_regex(p) for p in self.patterns if p]
 
     def match(self, relpath: str) -> bool:
