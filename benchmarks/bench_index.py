@@ -178,6 +178,18 @@ def dir_bytes(root: Path) -> tuple[int, int]:
     return len(files), sum(p.stat().st_size for p in files)
 
 
+def source_digest() -> str:
+    """Hash of kb's own source (kb/, ingest/, personas/): a change during the run invalidates the results."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for pkg in ("kb", "ingest", "personas"):
+        for f in sorted((PROJECT / pkg).rglob("*")):
+            if f.is_file() and f.suffix in (".py", ".md", ".toml") and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(PROJECT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -470,16 +482,29 @@ def main() -> int:
         raise RuntimeError(f"temporary folder {tmp} is inside the project")
     ws, cache = tmp / "ws", tmp / "model-cache"
     started = datetime.now(timezone.utc)
+    digest_before = source_digest()
+    load_before = os.getloadavg()
+
+    def guard() -> None:
+        if source_digest() != digest_before:
+            raise RuntimeError("kb's source code (kb/, ingest/ or personas/) changed while the benchmark ran; "
+                               "the measurements would mix two versions. Run it again.")
+
     try:
         log(f"copying {corpus} to {ws / '.workos' / 'resources'}")
         shutil.copytree(corpus, ws / ".workos" / "resources")
         files, nbytes = dir_bytes(ws / ".workos" / "resources")
 
         warm = phase_warmup(tmp, cache)
+        guard()
         full = phase_full_index(ws, cache, Path(warm["onnx_path"]), warm["onnx_mtime_ns"])
+        guard()
         reindex = phase_reindex(ws, cache, args.runs)
+        guard()
         search = phase_search(ws, cache)
+        guard()
         cold = phase_cold(ws, cache, args.runs)
+        guard()
 
         man = read_manifest(ws)
         hashes = list(man["distinct"])
@@ -488,6 +513,7 @@ def main() -> int:
             log(f"note: kb embedded {full['chunks_embedded']} texts, the manifest holds {len(texts)} distinct ones")
         # torch is imported only now, after every kb measurement, so it cannot disturb them.
         st = phase_st(texts, hashes, man["vectors"])
+        guard()
 
         results: dict[str, Any] = {
             "benchmark": "bench_index",
@@ -496,6 +522,8 @@ def main() -> int:
             "machine": {"python": platform.python_version(), "platform": platform.platform(),
                         "cpu_count": os.cpu_count(), "processor": platform.processor() or None},
             "versions": versions(),
+            "source_digest": digest_before,
+            "loadavg_1_5_15": {"start": load_before, "end": os.getloadavg()},
             "corpus": {"path": str(corpus), "files": files, "bytes": nbytes},
             "workspace": str(ws) if args.keep else None,
             "model_id": man["model_id"],

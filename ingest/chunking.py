@@ -70,7 +70,10 @@ def parse_blocks(lines: list[str], first: int = 0) -> list[Block]:
             j = i + 1
             while j < n and not re.match(r"^ {0,3}" + re.escape(marker[0]) + "{" + str(len(marker)) + r",}\s*$", lines[j]):
                 j += 1
-            blocks.append(Block("code", i, min(j, n - 1)))
+            end = min(j, n - 1)
+            while end > i and not lines[end].strip():  # an unclosed fence ends at its last text line
+                end -= 1
+            blocks.append(Block("code", i, end))
             i = j + 1
             continue
         heading = _HEADING.match(line)
