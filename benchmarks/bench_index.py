@@ -51,6 +51,7 @@ MAX_INDEX_VS_ST = 1.25
 MAX_REINDEX_FRACTION = 0.05
 MAX_ASK_VS_IMPORT = 0.30
 MAX_SEARCH_P50_MS = 50.0
+BUSY_LOAD = 0.7  # 1-min load average above which the machine is reported busy at the start of a run
 
 WARMUP_QUERY = "What is a load balancer?"
 # 50 different queries, phrased as a user would, about the corpus (system design primer, OWASP Top 10 2021,
@@ -484,6 +485,8 @@ def main() -> int:
     started = datetime.now(timezone.utc)
     digest_before = source_digest()
     load_before = os.getloadavg()
+    if load_before[0] > BUSY_LOAD:
+        log(f"WARNING: 1-min load average {load_before[0]:.2f} before starting: the machine is busy")
 
     def guard() -> None:
         if source_digest() != digest_before:
@@ -558,6 +561,9 @@ def main() -> int:
         print_table(rows)
         failed = [k for k, ok in checks.items() if not ok]
         print()
+        if load_before[0] > BUSY_LOAD:
+            print(f"WARNING: the 1-min load average was {load_before[0]:.2f} on {os.cpu_count()} CPUs when the run "
+                  "started: something else was running, the timings are unreliable.")
         print("RESULT: all bounds PASS" if not failed else f"RESULT: FAIL ({', '.join(failed)})")
         print(f"JSON: {RESULTS.relative_to(PROJECT)}")
         if args.keep:

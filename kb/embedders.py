@@ -304,6 +304,10 @@ def export_onnx(folder: ModelFolder, target: Path) -> None:
         except ImportError as exc:
             raise EmbedderError(f"Exporting the model to ONNX needs torch and transformers ({exc}).") from None
 
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
         model = AutoModel.from_pretrained(str(folder.path), attn_implementation="eager").eval()
 
         class Wrapper(torch.nn.Module):

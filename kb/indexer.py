@@ -128,6 +128,7 @@ class Indexer:
 
         changes: list[_Change] = []
         touched: list[Candidate] = []
+        unloadable: set[str] = set()
         self.progress("scan", 0, len(candidates))
         for n, cand in enumerate(candidates, 1):
             self.progress("scan", n, len(candidates))
@@ -151,12 +152,14 @@ class Indexer:
             try:
                 change = self._prepare(cand, data, chash)
             except LoadError as exc:
+                # The file's content is no longer indexable: its old chunks would cite lines that are gone.
                 report.skipped.append(SkippedFile(cand.path, str(exc)))
+                unloadable.add(cand.path)
                 continue
             change.previous = cand.path if prev else None
             changes.append(change)
 
-        present = {c.path for c in candidates} | kept
+        present = ({c.path for c in candidates} - unloadable) | kept
         removed = [p for p in old if p not in present]
         # A new path whose content is exactly that of a removed path is a rename (or a move).
         removed_by_hash: dict[str, list[str]] = {}

@@ -43,7 +43,7 @@ def assert_whole_lines(text: str, chunks: list[Chunk]) -> None:
 
 def assert_fit(chunks: list[Chunk], count, limit: int = MAX) -> None:
     sizes = count([c.embed_text for c in chunks])
-    assert max(sizes) <= limit, [(c.start_line, n) for c, n in zip(chunks, sizes) if n > limit]
+    assert max(sizes) <= limit, [(c.start_line, n) for c, n in zip(chunks, sizes, strict=True) if n > limit]
     for c in chunks:
         assert c.embed_text.endswith(c.text)
 
@@ -132,7 +132,8 @@ def test_title_argument_leads_the_breadcrumb(count) -> None:
 
 
 def test_front_matter_is_not_chunked_and_lines_refer_to_the_file(count) -> None:
-    src = "---\ntitle: Runbook\nowner: sre-team\nsecret_note: not for chunks\n---\n# Runbook\n\nRestart the worker.\n"
+    src = "---\ntitle: Runbook\nowner: sre-team\nsecret_note: not for chunks\n---\n"
+    src += "# Runbook\n\nRestart the worker.\n"
     doc = md(src)
     assert doc.body_start_line == 6
     chunks = chunk_document(doc, count, title=doc.metadata["title"])
@@ -168,7 +169,11 @@ def test_code_block_and_table_are_kept_whole_when_they_fit(count) -> None:
 
 
 def test_oversized_code_block_is_split_by_lines_and_fits(count) -> None:
-    code = ["```python"] + [f"result_{i} = service.call('endpoint_{i}', retries={i % 5})" for i in range(150)] + ["```"]
+    code = (
+        ["```python"]
+        + [f"result_{i} = service.call('endpoint_{i}', retries={i % 5})" for i in range(150)]
+        + ["```"]
+    )
     src = "# Client\n\nHow to call the service:\n\n" + "\n".join(code) + "\n"
     chunks = chunk_document(md(src), count)
     assert len(chunks) >= 4
@@ -193,7 +198,9 @@ def test_oversized_table_is_split_by_rows_and_fits(count) -> None:
 def test_single_giant_paragraph_line_is_split_at_sentences(count) -> None:
     rng = random.Random(5)
     words = "ledger balance transfer account settlement audit payout refund invoice currency".split()
-    sentences = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 20))).capitalize() + "." for _ in range(120)]
+    sentences = [
+        " ".join(rng.choice(words) for _ in range(rng.randint(8, 20))).capitalize() + "." for _ in range(120)
+    ]
     line = " ".join(sentences)
     src = "# Notes\n\n" + line + "\n"
     chunks = chunk_document(md(src), count)
@@ -262,7 +269,11 @@ def test_ordinals_are_a_sequence_across_sections_and_splits(count) -> None:
 
 
 def test_smaller_max_tokens_is_honoured(count) -> None:
-    src = "# S\n\n" + "\n\n".join(f"Paragraph {i} explains one more detail of the design." for i in range(40)) + "\n"
+    src = (
+        "# S\n\n"
+        + "\n\n".join(f"Paragraph {i} explains one more detail of the design." for i in range(40))
+        + "\n"
+    )
     chunks = chunk_document(md(src), count, max_tokens=64)
     assert len(chunks) > 5
     assert_fit(chunks, count, 64)
@@ -302,7 +313,7 @@ def _sentence(rng: random.Random, n: int) -> str:
 
 
 def generate(rng: random.Random) -> tuple[str, list[str], list[list[str]]]:
-    """A markdown document, each line's kind ('heading', 'body', 'blank', 'meta') and the heading path in force."""
+    """A markdown document, each line's kind ('heading', 'body', 'blank', 'meta') and its heading path."""
     lines: list[str] = []
     kinds: list[str] = []
     paths: list[list[str]] = []
@@ -355,7 +366,7 @@ def generate(rng: random.Random) -> tuple[str, list[str], list[list[str]]]:
 
 
 def _locate(lines: list[str], chunks: list[Chunk]) -> list[tuple[int, int, int, int]]:
-    """(start line, start col, end line, end col) of each chunk, checking it is verbatim and after the previous."""
+    """(start line, start col, end line, end col) of each chunk; checks it is verbatim and after the last."""
     out: list[tuple[int, int, int, int]] = []
     prev = (0, 0)
     for c in chunks:
@@ -392,7 +403,7 @@ def test_generated_documents_keep_every_invariant(count, seed: int) -> None:
     located = _locate(lines, chunks)
 
     covered: dict[int, list[str]] = {}
-    for c, (sl, sc, el, ec) in zip(chunks, located):
+    for c, (sl, sc, el, ec) in zip(chunks, located, strict=True):
         chunk_kinds = [kinds[i] for i in range(sl, el + 1)]
         assert "meta" not in chunk_kinds  # front matter never chunked
         body_seen = False
@@ -406,7 +417,7 @@ def test_generated_documents_keep_every_invariant(count, seed: int) -> None:
             b = ec if i == el else len(lines[i])
             covered.setdefault(i, []).append(lines[i][a:b])
 
-    for i, (line, kind) in enumerate(zip(lines, kinds)):
+    for i, (line, kind) in enumerate(zip(lines, kinds, strict=False)):
         if kind == "body" and line.strip():
             assert i in covered, f"line {i + 1} is in no chunk: {line[:60]!r}"
             assert " ".join(covered[i]).split() == line.split(), f"words of line {i + 1} lost or duplicated"
@@ -418,7 +429,8 @@ def test_generator_produces_the_hard_cases(count) -> None:
     for seed in range(12):
         src, kinds, _ = generate(random.Random(seed))
         chunks = chunk_document(md(src), count)
-        split_lines_seen += sum(1 for a, b in zip(chunks, chunks[1:]) if a.end_line == b.start_line)
+        pairs = zip(chunks, chunks[1:], strict=False)
+        split_lines_seen += sum(1 for a, b in pairs if a.end_line == b.start_line)
         multi_section += len({tuple(c.heading_path) for c in chunks}) > 2
         big_code += bool(re.search(r"call_80\(", src))
     assert split_lines_seen > 0 and multi_section > 3 and big_code > 0

@@ -1,4 +1,4 @@
-"""ingest.discovery: which files of a workspace are read, and why the others are not (real files in tmp_path)."""
+"""ingest.discovery: which files of a workspace are read, and why the others are not (real files)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ def write(root: Path, rel: str, content: str | bytes = "# Title\n\nSome text.\n"
     return path
 
 
-def run(root: Path, include: list[str] | None = None, exclude: list[str] | None = None, max_bytes: int = 10_000_000):
+def run(
+    root: Path,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    max_bytes: int = 10_000_000,
+):
     cands, skipped = discover(root, DEFAULT_INCLUDE + (include or []), exclude, max_bytes)
     return {c.path: c for c in cands}, {s.path: s.reason for s in skipped}
 
@@ -90,7 +95,7 @@ def test_extra_include_globs(ws: Path) -> None:
 
 
 def test_include_with_leading_dot_slash_matches_dot_folders(ws: Path) -> None:
-    # "./.workos/notes/**" must mean ".workos/notes/**" (a naive lstrip("./") would turn it into "workos/...").
+    # "./.workos/notes/**" must mean ".workos/notes/**" (lstrip("./") would turn it into "workos/...").
     write(ws, ".workos/notes/n.md")
     write(ws, "workos/notes/decoy.md")
     cands, _ = run(ws, include=["./.workos/notes/**"])
@@ -139,8 +144,18 @@ def test_state_and_vcs_folders_are_pruned_even_when_included(ws: Path) -> None:
 
 # --- skip reasons ------------------------------------------------------------------------------------------
 
-SECRET_NAMES = [".env", ".env.local", "server.pem", "tls.key", "id_rsa", "id_ed25519.pub", "credentials.json",
-                "credentials.txt", "id_rsa.md", "prod.env"]
+SECRET_NAMES = [
+    ".env",
+    ".env.local",
+    "server.pem",
+    "tls.key",
+    "id_rsa",
+    "id_ed25519.pub",
+    "credentials.json",
+    "credentials.txt",
+    "id_rsa.md",
+    "prod.env",
+]
 
 
 def test_secret_files_are_skipped_by_name(ws: Path) -> None:
@@ -337,3 +352,18 @@ def test_unreadable_file_is_skipped_with_permission_denied(ws: Path) -> None:
         path.chmod(0o644)
     assert ".workos/context/locked.md" not in cands
     assert skipped[".workos/context/locked.md"] == "permission denied"
+
+
+def test_permission_denied_is_reported_when_access_is_refused(
+    ws: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs as root too: the OS's answer is simulated, the reporting is real."""
+    locked = write(ws, ".workos/context/locked.md", "locked\n")
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, *a, **kw: False if Path(p) == locked else real_access(p, mode)
+    )
+    cands, skipped = run(ws)
+    assert ".workos/context/locked.md" not in cands
+    assert skipped[".workos/context/locked.md"] == "permission denied"
+    assert ".workos/context/team.md" in cands

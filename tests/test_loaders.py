@@ -47,7 +47,9 @@ def test_invalid_utf8_latin1_bytes_is_a_load_error_mentioning_utf8() -> None:
 
 
 def test_nul_bytes_mean_binary() -> None:
-    data = b"# Looks like markdown\n" + bytes(random.Random(1).randrange(256) for _ in range(500)) + b"\x00\x00"
+    data = (
+        b"# Looks like markdown\n" + bytes(random.Random(1).randrange(256) for _ in range(500)) + b"\x00\x00"
+    )
     with pytest.raises(LoadError, match="binary"):
         load_document(data, "markdown")
 
@@ -71,9 +73,15 @@ def test_unknown_kind_is_a_load_error() -> None:
 
 
 def test_front_matter_becomes_metadata_and_body_starts_after_it() -> None:
-    src = "---\ntitle: Payments Service\nowner: team-billing\ntags: [api, billing]\nversion: 3\n---\n# Payments\n\nBody.\n"
+    src = "---\ntitle: Payments Service\nowner: team-billing\ntags: [api, billing]\nversion: 3\n---\n"
+    src += "# Payments\n\nBody.\n"
     doc = load_document(src.encode(), "markdown")
-    assert doc.metadata == {"title": "Payments Service", "owner": "team-billing", "tags": "api, billing", "version": 3}
+    assert doc.metadata == {
+        "title": "Payments Service",
+        "owner": "team-billing",
+        "tags": "api, billing",
+        "version": 3,
+    }
     assert doc.body_start_line == 7
     assert doc.text.splitlines()[doc.body_start_line - 1] == "# Payments"
     assert doc.text == src  # the file's text (and so its line numbers) is kept whole
@@ -208,7 +216,11 @@ def make_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
     for offset in offsets:
         out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, info_ref, xref)
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objs) + 1,
+        info_ref,
+        xref,
+    )
     return bytes(out)
 
 
