@@ -168,7 +168,7 @@ class KnowledgeBase:
 
     def _hits(self, manifest: Manifest, scored: list[tuple[str, float]], k: int) -> list[Hit]:
         rows = manifest.chunks_by_id([i for i, _ in scored])  # only ids the manifest knows are real
-        sources = manifest.sources() if rows else {}
+        sources = manifest.sources([r.path for r in rows.values()]) if rows else {}
         hits: list[Hit] = []
         for cid, score in scored:
             row = rows.get(cid)

@@ -117,10 +117,14 @@ class Manifest:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
 
     # --- sources and chunks -------------------------------------------------------------------------------
-    def sources(self) -> dict[str, SourceRow]:
-        rows = self.db.execute(
-            "SELECT path, content_hash, size, mtime_ns, kind, source_type, title, metadata, indexed_at FROM sources"
-        ).fetchall()
+    def sources(self, paths: Sequence[str] | None = None) -> dict[str, SourceRow]:
+        """All sources, or only those at ``paths``."""
+        sql = "SELECT path, content_hash, size, mtime_ns, kind, source_type, title, metadata, indexed_at FROM sources"
+        if paths is None:
+            rows = self.db.execute(sql).fetchall()
+        else:
+            unique = list(dict.fromkeys(paths))
+            rows = self.db.execute(f"{sql} WHERE path IN ({','.join('?' * len(unique))})", unique).fetchall()
         return {r[0]: SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in rows}
 
     def chunk_counts(self) -> dict[str, int]:
