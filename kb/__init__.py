@@ -6,11 +6,13 @@
     answer = kb.ask("How should we paginate the notifications API?", persona="backend-engineer")
 """
 
-from kb.api import KnowledgeBase
+from typing import TYPE_CHECKING
+
 from kb.errors import (
     ConfigError,
     EmbedderError,
     EmptyIndexError,
+    GeneratorError,
     IndexCorruptError,
     IndexLockedError,
     KbError,
@@ -18,16 +20,44 @@ from kb.errors import (
     PersonaNotFoundError,
     WorkspaceNotFoundError,
 )
-from kb.models import Answer, Citation, Hit, IndexReport, PersonaInfo, SourceStatus, Status
+from kb.evaluate import EvalReport, QuestionsReport, evaluate_beir
+from kb.models import (
+    Answer,
+    AnswerSentence,
+    Citation,
+    Hit,
+    IndexReport,
+    PersonaInfo,
+    ResourceFetchReport,
+    ResourceInfo,
+    ResourceOutcome,
+    SourceStatus,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from kb.api import KnowledgeBase
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # KnowledgeBase is imported on first use: `kb search` answered by `kb watch` must not import the index stack.
+    if name == "KnowledgeBase":
+        from kb.api import KnowledgeBase
+
+        return KnowledgeBase
+    raise AttributeError(f"module 'kb' has no attribute {name!r}")
+
 __all__ = [
     "Answer",
+    "AnswerSentence",
     "Citation",
     "ConfigError",
     "EmbedderError",
     "EmptyIndexError",
+    "EvalReport",
+    "GeneratorError",
     "Hit",
     "IndexCorruptError",
     "IndexLockedError",
@@ -37,7 +67,12 @@ __all__ = [
     "PersonaFormatError",
     "PersonaInfo",
     "PersonaNotFoundError",
+    "QuestionsReport",
+    "ResourceFetchReport",
+    "ResourceInfo",
+    "ResourceOutcome",
     "SourceStatus",
     "Status",
     "WorkspaceNotFoundError",
+    "evaluate_beir",
 ]

@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from kb.errors import EmbedderError
+from kb.errors import ConfigError, EmbedderError
 
 log = logging.getLogger(__name__)
 
@@ -382,3 +382,32 @@ def make_embedder(spec: str, runtime: str, cache_dir: Path) -> Embedder:
         log.warning("%s has no tokenizer.json: using the torch runtime", folder.name)
         return TorchEmbedder(folder)
     return OnnxEmbedder(folder, cache_dir)
+
+
+class CrossEncoderReranker:
+    """A sentence-transformers cross-encoder from a local folder, as kb's reranker stage (``reranker =
+    "cross-encoder:<folder>"``). Loaded lazily; imports torch, so it costs a few seconds at start-up."""
+
+    def __init__(self, path: str):
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"Reranker model folder {folder} not found. Set reranker = \"cross-encoder:<local folder>\" to a "
+                "downloaded sentence-transformers cross-encoder, or remove the setting."
+            )
+        self.path = folder
+        self._model: Any = None
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        if self._model is None:
+            from sentence_transformers import CrossEncoder
+
+            self._model = CrossEncoder(str(self.path), device="cpu")
+        return [float(x) for x in self._model.predict([(query, t) for t in texts])]
+
+
+def make_reranker(spec: str) -> CrossEncoderReranker:
+    kind, _, arg = spec.partition(":")
+    if kind != "cross-encoder" or not arg:
+        raise ConfigError(f"Unknown reranker {spec!r}. Available: 'cross-encoder:<local model folder>'.")
+    return CrossEncoderReranker(arg)

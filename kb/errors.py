@@ -8,6 +8,7 @@
     ├── EmbedderError            the embedding model cannot be loaded or exported
     ├── EmptyIndexError          a search or question before anything was indexed
     ├── IndexLockedError         another kb process is writing this index (exit 4)
+    ├── GeneratorError           the language model backend failed (unreachable, bad key, unknown model, ...)
     └── IndexCorruptError        the index cannot be read and was not repaired
 
 The CLI turns any ``KbError`` into one red line on stderr and ``exit_code``; users never see a traceback for a
@@ -49,6 +50,10 @@ class EmptyIndexError(KbError):
 
 class IndexLockedError(KbError):
     exit_code = 4
+
+
+class GeneratorError(KbError):
+    pass
 
 
 class IndexCorruptError(KbError):

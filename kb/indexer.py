@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ingest.chunking import CHUNKER_VERSION, chunk_document
-from ingest.discovery import Candidate, discover, read_candidate
+from ingest.discovery import Candidate, Skipped, discover, read_candidate
 from ingest.loaders import LoadError, load_document
 from kb.embedders import Embedder
 from kb.manifest import ChunkRow, Manifest, SourceRow
@@ -109,7 +109,9 @@ class Indexer:
         self.embedded = 0
 
     # --- the run ------------------------------------------------------------------------------------------
-    def run(self) -> IndexReport:
+    def run(self, scope: tuple[list[Candidate], list[Skipped], list[str]] | None = None) -> IndexReport:
+        """One run over the whole workspace, or over ``scope`` (kb watch's targeted run over dirty paths):
+        its candidates, skips and every path it covers, on disk or in the manifest."""
         started = time.perf_counter()
         report = IndexReport()
         fp = fingerprint(self.embedder.model_id, self.settings)
@@ -119,11 +121,15 @@ class Indexer:
         if rebuild:
             log.info("index settings changed (%s -> %s): rebuilding from the files", previous_fp, fp)
 
-        candidates, skipped = discover(
-            self.root, DEFAULT_INCLUDE + self.settings.include, self.settings.exclude, self.max_bytes
-        )
+        if scope is None or rebuild:
+            candidates, skipped = discover(
+                self.root, DEFAULT_INCLUDE + self.settings.include, self.settings.exclude, self.max_bytes
+            )
+            old = self.manifest.sources()
+        else:
+            candidates, skipped, covered = scope
+            old = self.manifest.sources(covered)
         report.skipped = [SkippedFile(s.path, s.reason) for s in skipped]
-        old = self.manifest.sources()
         kept = {s.path for s in skipped if s.path in old and s.reason.startswith(_TRANSIENT)}
 
         changes: list[_Change] = []
@@ -207,9 +213,10 @@ class Indexer:
             self.manifest.stamp()
         new_ids = {r.id for r in new_rows}
         self.store.delete(sorted(old_ids - new_ids))
-        report.repaired = self.reconcile()
-        with db:
-            self.manifest.prune_vectors(self.embedder.model_id)
+        report.repaired = self.reconcile() if scope is None or rebuild else []
+        if scope is None or rebuild:  # a targeted run keeps cached vectors: a move split over two runs reuses them
+            with db:
+                self.manifest.prune_vectors(self.embedder.model_id)
         report.chunks_embedded = self.embedded
         report.chunks_total = len(self.manifest.all_chunk_ids())
         report.seconds = time.perf_counter() - started

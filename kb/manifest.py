@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from kb import lexical
 from kb.errors import IndexCorruptError
 
 SCHEMA_VERSION = 1
@@ -94,9 +95,13 @@ class Manifest:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(_SCHEMA)
+                lexical.ensure_schema(self.db)
+                self.db.commit()
                 if self.get_meta("schema_version") is None:
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
                     self.db.commit()
+                if self.get_meta("lexical_version") != lexical.ANALYZER_VERSION or not lexical.in_step(self.db):
+                    self.rebuild_lexical()
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("SELECT count(*) FROM sources").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -176,16 +181,33 @@ class Manifest:
             [(c.id, c.path, c.ordinal, c.text_hash, c.start_line, c.end_line, c.heading, c.text, c.page, c.embed_text)
              for c in chunks],
         )
+        lexical.put(self.db, source.path, chunks)
+
+    def rebuild_lexical(self) -> None:
+        """Re-derive the BM25 index from the chunks (after an analyzer change or an upgrade; no embedding)."""
+        with self.db:
+            lexical.rebuild(self.db, list(self.iter_chunks()))
+            self.set_meta("lexical_version", lexical.ANALYZER_VERSION)
+
+    def lexical_query(
+        self, text: str, k: int, paths: Sequence[str] | None = None, sections: int | None = None
+    ) -> list[tuple[str, float]]:
+        return lexical.query(self.db, text, k, paths, sections)
+
+    def lexical_weights(self, text: str) -> dict[str, float]:
+        return lexical.idf_weights(self.db, text)
 
     def touch_source(self, path: str, size: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE sources SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, path))
 
     def remove_source(self, path: str) -> None:
         self.db.execute("DELETE FROM chunks WHERE path=?", (path,))
+        self.db.execute("DELETE FROM sections WHERE path=?", (path,))
         self.db.execute("DELETE FROM sources WHERE path=?", (path,))
 
     def clear_sources(self) -> None:
         self.db.execute("DELETE FROM chunks")
+        lexical.clear(self.db)
         self.db.execute("DELETE FROM sources")
 
     # --- vectors ------------------------------------------------------------------------------------------

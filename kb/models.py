@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +12,32 @@ from typing import Any
 class _Dict:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Rebuild from ``dataclasses.asdict`` output (how kb.remote carries results from ``kb watch``)."""
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        return cls(**{n: _revive(hints[n], data[n]) for n in names if n in data})
+
+
+def _revive(tp: Any, value: Any) -> Any:
+    """``value`` (JSON) as type ``tp``: nested kb dataclasses, lists of them, tuples."""
+    if value is None:
+        return None
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list and args:
+        return [_revive(args[0], v) for v in value]
+    if origin is tuple:
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if isinstance(arg, type) and issubclass(arg, _Dict) and isinstance(value, dict):
+                return arg.from_dict(value)
+        return value
+    if isinstance(tp, type) and issubclass(tp, _Dict) and isinstance(value, dict):
+        return tp.from_dict(value)
+    return value
 
 
 @dataclass
@@ -28,12 +56,15 @@ class Hit(_Dict):
     title: str | None = None
     url: str | None = None
     page: int | None = None
+    also_in: list[str] = field(default_factory=list)  # other sources holding the same text (folded into this hit)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         for key in ("url", "page"):
             if d[key] is None:
                 del d[key]
+        if not d["also_in"]:
+            del d["also_in"]
         return d
 
 
@@ -63,6 +94,15 @@ class Citation(_Dict):
 
 
 @dataclass
+class AnswerSentence(_Dict):
+    """One sentence of an answer, the citation ids it carries, and whether those citations support it."""
+
+    text: str
+    citations: list[int] = field(default_factory=list)
+    supported: bool = True
+
+
+@dataclass
 class Answer(_Dict):
     question: str
     persona: str | None
@@ -71,6 +111,9 @@ class Answer(_Dict):
     citations: list[Citation] = field(default_factory=list)
     nearest: list[Hit] = field(default_factory=list)  # when abstaining: the closest sources found
     persona_title: str | None = None
+    backend: str = "extractive"
+    sentences: list[AnswerSentence] = field(default_factory=list)
+    persona_picked: bool = False  # True when kb chose the persona for this question (no --persona)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +121,9 @@ class Answer(_Dict):
             "persona": self.persona,
             "answer": self.answer,
             "abstained": self.abstained,
+            "backend": self.backend,
+            "persona_picked": self.persona_picked,
+            "sentences": [s.to_dict() for s in self.sentences],
             "citations": [c.to_dict() for c in self.citations],
             "nearest": [
                 {"path": h.path, "start_line": h.start_line, "end_line": h.end_line, "heading": h.heading,
@@ -139,6 +185,21 @@ class SourceStatus(_Dict):
 
 
 @dataclass
+class WatcherStatus(_Dict):
+    """The ``kb watch`` process of a workspace, as ``kb status`` shows it."""
+
+    running: bool
+    pid: int | None = None
+    mode: str = ""  # "inotify", or "polling" after a watch-limit error
+    started_at: float | None = None
+    last_event_at: float | None = None
+    last_event: str | None = None
+    pending: int = 0
+    last_error: str | None = None
+    last_reindex_at: float | None = None
+
+
+@dataclass
 class Status(_Dict):
     workspace: str
     index_dir: str
@@ -149,6 +210,7 @@ class Status(_Dict):
     chunks_count: int
     last_indexed_at: float | None
     sources: list[SourceStatus] = field(default_factory=list)
+    watcher: WatcherStatus | None = None  # None: kb watch never ran here
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -163,3 +225,49 @@ class PersonaInfo(_Dict):
     origin: str  # "bundled" or "workspace"
     path: str
     domain: str = ""
+
+
+@dataclass
+class ResourceInfo(_Dict):
+    """A recommended resource: ``status`` is fetched, stale, unavailable, error or missing (never fetched)."""
+
+    url: str
+    title: str
+    status: str
+    reason: str | None = None
+    fetched_at: str | None = None  # ISO 8601, UTC
+    bytes: int = 0
+    chunks: int = 0
+    pages: int = 0
+    path: str = ""  # its folder, relative to the workspace
+    origins: list[str] = field(default_factory=list)  # personas (or kb.toml / import) that name it
+    pinned: bool = False
+    source: str | None = None  # mirror folder or URL it is fetched from, when not the URL itself
+
+
+@dataclass
+class ResourceOutcome(_Dict):
+    """What one fetch did to one resource."""
+
+    url: str
+    status: str  # fetched, unchanged, fresh (skipped), pinned (skipped), unavailable, error
+    reason: str | None = None
+    pages_written: int = 0
+    pages_unchanged: int = 0
+    pages_failed: list[dict[str, str]] = field(default_factory=list)  # [{"url", "reason"}]
+    bytes_downloaded: int = 0
+
+
+@dataclass
+class ResourceFetchReport(_Dict):
+    resources: list[ResourceOutcome] = field(default_factory=list)
+    index: IndexReport | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resources": [r.to_dict() for r in self.resources],
+            "chunks_embedded": self.index.chunks_embedded if self.index else 0,
+            "index": self.index.to_dict() if self.index else None,
+            "seconds": round(self.seconds, 3),
+        }

@@ -95,3 +95,20 @@ def print_status(out: Console, st: Status) -> None:
     out.print(f"sources       {st.sources_count}   chunks {st.chunks_count}   last indexed {when}")
     for s in st.sources:
         out.print(f"  {escape(s.path):<60} {s.chunks:>4} chunks  {s.content_hash[:12]}")
+
+
+def print_eval(out: Console, reports: list[Any]) -> None:
+    r0 = reports[0]
+    out.print(f"{escape(r0.dataset)} ({r0.split}): {r0.queries} queries, {r0.documents} documents, {r0.chunks} chunks")
+    out.print(f"{'mode':<8} {'nDCG@10':>8} {'Recall@100':>11} {'MRR@10':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    for r in reports:
+        out.print(f"{r.mode:<8} {r.ndcg_at_10:>8.4f} {r.recall_at_100:>11.4f} {r.mrr_at_10:>8.4f} "
+                  f"{r.latency_ms_p50:>8.1f} {r.latency_ms_p95:>8.1f}")
+
+
+def print_questions_eval(out: Console, r: Any) -> None:
+    for q in r.results:
+        mark = f"#{q.rank}" if q.rank else "missed"
+        out.print(f"{mark:>7}  {escape(q.question)}")
+    out.print(f"{r.questions} questions ({r.mode}): hit@1 {r.hit_at_1:.2f}  hit@{r.k} {r.hit_at_k:.2f}  "
+              f"MRR {r.mrr:.3f}  p50 {r.latency_ms_p50:.1f} ms")

@@ -13,11 +13,20 @@ Unknown keys in kb.toml are an error (``extra="forbid"``): a typo is reported, n
 from __future__ import annotations
 
 import contextvars
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from kb.errors import ConfigError
@@ -26,6 +35,41 @@ DEFAULT_INCLUDE = [".workos/context/**", "projects/prds/**", ".workos/resources/
 DEFAULT_EMBEDDER = "st:all-MiniLM-L6-v2"
 
 _toml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("kb_toml", default={})
+
+
+class ResourcesSettings(BaseModel):
+    """``[resources]`` in kb.toml: which recommended resources are fetched, from where, and the fetcher's limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    personas: list[str] | None = Field(None, description="Personas whose Key Resources are used; unset: all.")
+    add: list[str] = Field(default_factory=list, description="More resource URLs.")
+    drop: list[str] = Field(default_factory=list, description="Persona resource URLs to leave out.")
+    pin: list[str] = Field(default_factory=list, description="URLs whose cached copy is kept, never re-fetched.")
+    mirror: dict[str, str] = Field(
+        default_factory=dict, description="URL -> local folder/file or http(s) mirror base to fetch it from."
+    )
+    unavailable: dict[str, str] = Field(
+        default_factory=lambda: {"https://www.databass.dev/": "Database Internals is a book: no public text"},
+        description="URL -> why it cannot be had (recorded, never fetched).",
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list, description="Hosts, IPs or CIDRs fetched even if loopback/private (tests, intranets)."
+    )
+    max_age_hours: float = Field(168.0, ge=0, description="A copy older than this is stale and re-checked.")
+    timeout_s: float = Field(20.0, gt=0, description="Seconds allowed for one HTTP response.")
+    max_bytes: int = Field(5_000_000, gt=0, description="Largest response accepted.")
+    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed (each re-checked).")
+    max_pages: int = Field(200, ge=1, description="Pages fetched per resource (links within its URL).")
+    max_depth: int = Field(1, ge=0, le=5, description="Link depth followed from a resource's first page.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _allow_hosts_env(cls, data: Any) -> Any:
+        env = os.environ.get("KB_RESOURCES_ALLOW_HOSTS")
+        if env is not None and isinstance(data, dict):
+            data = {**data, "allow_hosts": [h.strip() for h in env.split(",") if h.strip()]}
+        return data
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -52,15 +96,45 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="Where the ONNX export of the model is kept; default: the index folder."
     )
+    cache_dir: Path | None = Field(
+        None, description="Where kb eval keeps its dataset indexes; default: $XDG_CACHE_HOME/kb or ~/.cache/kb."
+    )
     include: list[str] = Field(default_factory=list, description="Extra glob patterns to index.")
     exclude: list[str] = Field(default_factory=list, description="Glob patterns never to index.")
     max_file_mb: float = Field(10.0, gt=0, description="Files larger than this are skipped.")
     chunk_max_tokens: int = Field(256, ge=32, le=512, description="Token ceiling of a chunk (model window).")
     top_k: int = Field(5, ge=1, le=100, description="Chunks retrieved for an answer.")
-    persona: str | None = Field(None, description="Default persona for kb ask.")
+    persona: str | None = Field(None, description="Default persona for kb ask ('auto': picked per question).")
+    reranker: str | None = Field(
+        None, description="Optional second stage: 'cross-encoder:<local model folder>' (sentence-transformers)."
+    )
+    search_mode: Literal["hybrid", "dense", "bm25"] = Field(
+        "hybrid", description="Retrieval: 'hybrid' (BM25 + dense vectors, fused), 'dense' or 'bm25'."
+    )
     answerer: str = Field("extractive", description="Answer backend.")
+    llm: str = Field(
+        "extractive", description="Answer backend: 'extractive' (no model), 'openai-compatible[:MODEL]' or "
+        "'llama-cpp:PATH.gguf' (see kb/llm.py)."
+    )
+    llm_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible API base URL.")
+    llm_model: str | None = Field(None, description="Model name for the API; unset: the server's only model.")
+    llm_api_key: SecretStr | None = Field(
+        None, description="API key (sent as a Bearer token; never printed); prefer KB_LLM_API_KEY."
+    )
+    llm_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the model (connect, each read).")
+    llm_retries: int = Field(2, ge=0, le=10, description="Retries on transient errors (429, 5xx, timeouts).")
+    llm_context_window: int = Field(4096, ge=512, description="The model's context window, in tokens.")
+    llm_max_tokens: int = Field(384, ge=16, description="Most tokens the model may write for one answer.")
+    llm_temperature: float = Field(0.1, ge=0.0, le=2.0, description="Sampling temperature.")
+    llm_unsupported: Literal["remove", "mark"] = Field(
+        "remove", description="What to do with an answer sentence its citation does not support."
+    )
     min_relevance: float = Field(
         0.35, ge=0.0, le=1.0, description="Below this cosine similarity a sentence is not evidence."
+    )
+    resources: ResourcesSettings = Field(
+        default_factory=lambda: ResourcesSettings.model_validate({}),
+        description="[resources]: recommended resources (kb resources).",
     )
 
     @field_validator("embedder")

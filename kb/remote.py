@@ -1,0 +1,239 @@
+"""The client side of ``kb watch``: find the live watcher of a workspace and ask it.
+
+While ``kb watch`` runs it owns the index (Chroma does not support two processes on one folder) and answers
+``search``, ``ask``, ``status`` and ``index`` requests on a Unix socket (see :mod:`kb.server`). This module
+is the client: :func:`connect` finds a live watcher, :class:`Remote` sends one request and rebuilds kb's
+result objects, and :func:`routed` makes :class:`kb.KnowledgeBase` methods use it. It imports nothing heavy
+(no chromadb, numpy, onnxruntime, model), so a ``kb search`` from another terminal costs a process start and
+a socket round trip.
+
+Wire format, one JSON object per line: ``{"v": 1, "method": "search", "params": {...}}`` ->
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"type", "message", "exit_code"}}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+import os
+import socket
+import stat
+import struct
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kb import errors
+from kb.models import Answer, Hit, IndexReport, Status, WatcherStatus
+from kb.workspace import Workspace, find_workspace
+
+PROTOCOL = 1
+SOCKET_NAME = "watch.sock"
+STATUS_NAME = "watch.json"
+MAX_REQUEST = 256 * 1024  # bytes of one request line
+MAX_RESPONSE = 256 * 1024 * 1024
+CONNECT_TIMEOUT = 2.0
+TIMEOUTS = {"index": None, "ask": 120.0}  # seconds to wait for an answer; default 60
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def socket_path(state_dir: Path) -> Path:
+    """Where the watcher of ``state_dir`` listens: in the state dir, unless that path is too long for AF_UNIX
+    (108 bytes), then ``/tmp/kb-<uid>/<hash>.sock`` (a 0700 folder)."""
+    path = state_dir / SOCKET_NAME
+    if len(os.fsencode(path)) <= 100:
+        return path
+    digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:24]
+    return Path("/tmp") / f"kb-{os.getuid()}" / f"{digest}.sock"
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+class Remote:
+    """A connection to the ``kb watch`` of a workspace; methods mirror :class:`kb.KnowledgeBase`."""
+
+    def __init__(self, workspace: Workspace, sock: socket.socket, pid: int):
+        self.workspace = workspace
+        self.pid = pid
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._settings: Any = None
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Send one request; the result (JSON) or the watcher's error raised as the same KbError class."""
+        params = {k: v for k, v in (params or {}).items() if _jsonable(v)}  # callbacks stay behind
+        line = json.dumps({"v": PROTOCOL, "method": method, "params": params}, ensure_ascii=False) + "\n"
+        data = line.encode("utf-8")
+        if len(data) > MAX_REQUEST:
+            raise errors.KbError(
+                f"The request to kb watch is too large ({len(data)} bytes; limit {MAX_REQUEST})."
+            )
+        try:
+            self._sock.settimeout(TIMEOUTS.get(method, 60.0))
+            self._sock.sendall(data)
+            reply = self._file.readline(MAX_RESPONSE)
+        except TimeoutError:
+            raise errors.KbError(
+                f"kb watch (pid {self.pid}) did not answer {method!r} in time. Is it stopped (Ctrl-Z)? "
+                "Resume it with: fg, or stop it and try again."
+            ) from None
+        except OSError as exc:
+            raise errors.KbError(
+                f"Lost the connection to kb watch (pid {self.pid}): {exc}. Try again."
+            ) from None
+        if not reply:
+            raise errors.KbError(f"kb watch (pid {self.pid}) closed the connection. Try again.")
+        try:
+            msg = json.loads(reply)
+        except ValueError:
+            raise errors.KbError(
+                f"kb watch (pid {self.pid}) sent a reply that is not JSON. Restart it."
+            ) from None
+        if not isinstance(msg, dict):
+            raise errors.KbError(f"kb watch (pid {self.pid}) sent an unexpected reply. Restart it.")
+        if msg.get("ok"):
+            return msg.get("result")
+        raise _error(msg.get("error") or {})
+
+    @property
+    def settings(self) -> Any:
+        """The watcher's effective settings (attributes as on :class:`kb.settings.Settings`)."""
+        if self._settings is None:
+            self._settings = types.SimpleNamespace(**self.call("config"))
+        return self._settings
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The verbs, with kb's own result types (the CLI renders them exactly as local results).
+    def search(self, query: str, k: int = 10, **params: Any) -> list[Hit]:
+        return _revive("search", self.call("search", {"query": query, "k": k, **params}))  # type: ignore[no-any-return]
+
+    def ask(self, question: str, **params: Any) -> Answer:
+        return _revive("ask", self.call("ask", {"question": question, **params}))  # type: ignore[no-any-return]
+
+    def status(self) -> Status:
+        return _revive("status", self.call("status"))  # type: ignore[no-any-return]
+
+    def index(self, progress: Any = None) -> IndexReport:
+        return _revive("index", self.call("index"))  # type: ignore[no-any-return]
+
+
+def _revive(method: str, result: Any) -> Any:
+    if method == "search":
+        return [Hit.from_dict(h) for h in result["hits"]]
+    if method == "ask":
+        return Answer.from_dict(result)
+    if method == "status":
+        return Status.from_dict(result)
+    if method == "index":
+        return IndexReport.from_dict(result)
+    return result
+
+
+def _error(data: dict[str, Any]) -> errors.KbError:
+    cls = getattr(errors, str(data.get("type", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.KbError)):
+        cls = errors.KbError
+    exc = cls(str(data.get("message") or "kb watch reported an error without a message."))
+    code = data.get("exit_code")
+    if isinstance(code, int) and code != exc.exit_code:
+        exc.exit_code = code
+    return exc
+
+
+def connect(workspace: Workspace | str | os.PathLike[str] | None) -> Remote | None:
+    """The live ``kb watch`` of ``workspace``, or None when there is none (then work locally)."""
+    ws = workspace if isinstance(workspace, Workspace) else find_workspace(workspace)
+    path = socket_path(ws.state_dir)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(CONNECT_TIMEOUT)
+    try:
+        sock.connect(str(path))
+        pid, uid, _ = peer_credentials(sock)
+    except OSError:  # a socket left by a killed watcher: nobody listens
+        sock.close()
+        return None
+    if uid != os.getuid():
+        sock.close()
+        return None
+    return Remote(ws, sock, pid)
+
+
+def routed(method: _F) -> _F:
+    """Send a ``KnowledgeBase`` method to the live ``kb watch`` of its workspace, when one runs in another
+    process. Every argument is passed on by name, so new parameters need no change here (values that are not
+    JSON, such as a progress callback, stay behind)."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        remote = connect(self.workspace) if getattr(self, "route_to_watcher", False) else None
+        if remote is None:
+            return method(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        params = {k: v for k, v in list(bound.arguments.items())[1:] if _jsonable(v)}
+        with remote:
+            return _revive(method.__name__, remote.call(method.__name__, params))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def encode(result: Any) -> Any:
+    """A result of a KnowledgeBase verb as JSON data (full fidelity: ``from_dict`` rebuilds it)."""
+    if isinstance(result, list):
+        return {"hits": [dataclasses.asdict(h) for h in result]}
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return dataclasses.asdict(result)
+    return result
+
+
+def status_file(workspace: Workspace) -> Path:
+    return workspace.state_dir / STATUS_NAME
+
+
+def last_watcher(workspace: Workspace) -> WatcherStatus | None:
+    """What the status file says about the last ``kb watch`` here (called when none answers: not running)."""
+    try:
+        data = json.loads(status_file(workspace).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    st = WatcherStatus.from_dict(data)
+    st.running = False
+    if data.get("running"):
+        st.last_error = (
+            st.last_error or "stopped without a clean shutdown (killed?); the next start reconciles"
+        )
+    return st

@@ -1,0 +1,199 @@
+"""The local server inside ``kb watch``: other processes' search/ask/status/index go to the index's owner.
+
+Security: a Unix domain socket (never a TCP port) in the workspace's state folder, which is made 0700; the
+socket itself is created 0600. Every connection's peer is checked with SO_PEERCRED: only the same user is
+served. A request is one JSON line of at most :data:`kb.remote.MAX_REQUEST` bytes, read with a deadline; the
+method must be one of :data:`METHODS`, the parameters a JSON object whose keys are parameters of that
+``KnowledgeBase`` method (so new search parameters pass through with no change here). Errors come back as
+``{"ok": false, "error": ...}``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kb.errors import KbError
+from kb.remote import MAX_REQUEST, PROTOCOL, peer_credentials
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ping", "config", "search", "ask", "status", "index")
+READ_TIMEOUT = 10.0  # seconds a client may take to send its request line
+
+Dispatch = Callable[[str, dict[str, Any]], Any]
+
+
+class BadRequest(KbError):
+    exit_code = 2
+
+
+def validate(message: Any) -> tuple[str, dict[str, Any]]:
+    """(method, params) of a decoded request, or BadRequest saying what is wrong."""
+    if not isinstance(message, dict):
+        raise BadRequest('A request is a JSON object: {"v": 1, "method": ..., "params": {...}}.')
+    if message.get("v", PROTOCOL) != PROTOCOL:
+        raise BadRequest(
+            f"Unsupported protocol version {message.get('v')!r}; this kb watch speaks {PROTOCOL}. "
+            "Restart kb watch after upgrading kb."
+        )
+    method = message.get("method")
+    if method not in METHODS:
+        raise BadRequest(f"Unknown method {method!r}. Available: {', '.join(METHODS)}.")
+    params = message.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(k, str) and k.isidentifier() for k in params):
+        raise BadRequest('"params" must be an object whose keys are parameter names.')
+    return method, params
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        try:
+            _, uid, _ = peer_credentials(self.request)
+        except OSError:
+            return
+        if uid != os.getuid():
+            log.warning("refused a connection from uid %d (kb watch serves only uid %d)", uid, os.getuid())
+            self._send(
+                {"ok": False, "error": _err(BadRequest("Permission denied: not the owner of this index."))}
+            )
+            return
+        while True:
+            self.request.settimeout(READ_TIMEOUT)
+            try:
+                line = self.rfile.readline(MAX_REQUEST + 1)
+            except (TimeoutError, OSError):
+                return
+            if not line:
+                return
+            if len(line) > MAX_REQUEST or not line.endswith(b"\n"):
+                self._send(
+                    {"ok": False, "error": _err(BadRequest(f"Request larger than {MAX_REQUEST} bytes."))}
+                )
+                return
+            self.request.settimeout(None)
+            self._send(self.server.answer(line))
+
+    def _send(self, reply: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.wfile.write(json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
+            self.wfile.flush()
+
+
+def _err(exc: KbError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    allow_reuse_address = False
+
+    def __init__(self, path: Path, dispatch: Dispatch):
+        self.dispatch = dispatch
+        super().__init__(str(path), _Handler, bind_and_activate=False)
+
+    def server_bind(self) -> None:
+        old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
+        try:
+            super().server_bind()
+        finally:
+            os.umask(old)
+        os.chmod(str(self.server_address), 0o600)
+
+    def answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            method, params = validate(json.loads(line))
+            return {"ok": True, "result": self.dispatch(method, params)}
+        except json.JSONDecodeError as exc:
+            return {"ok": False, "error": _err(BadRequest(f"The request is not valid JSON: {exc}."))}
+        except KbError as exc:
+            return {"ok": False, "error": _err(exc)}
+        except Exception as exc:  # a bug must not kill the watcher; the client gets one clear line
+            log.exception("kb watch failed to answer a request")
+            return {
+                "ok": False,
+                "error": _err(KbError(f"kb watch failed to answer: {type(exc).__name__}: {exc}")),
+            }
+
+
+def _private_dir(folder: Path) -> None:
+    """Make ``folder`` a 0700 directory owned by us (refusing a symlink or someone else's folder)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise KbError(f"{folder} is not a folder owned by you; kb watch will not put its socket there.")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(folder, 0o700)
+
+
+class WatchServer:
+    """Serves ``dispatch(method, params)`` on a Unix socket at ``path`` from a background thread."""
+
+    def __init__(self, path: Path, dispatch: Dispatch):
+        self.path = path
+        self._dispatch = dispatch
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        _private_dir(self.path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            # Whoever holds the write lock owns the socket: one left here is a killed watcher's.
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                self.path.unlink()
+        self._server = _Server(self.path, self._dispatch)
+        try:
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()
+            raise
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 1.0},
+            name="kb-watch-server",
+            daemon=True,
+        )
+        self._thread.start()
+        log.debug("serving on %s", self.path)
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def is_socket_private(path: Path) -> bool:
+    """True when ``path`` is a 0600 socket owned by us in a 0700 folder owned by us (what tests check)."""
+    st, parent = os.lstat(path), os.lstat(path.parent)
+    return (
+        stat.S_ISSOCK(st.st_mode)
+        and stat.S_IMODE(st.st_mode) == 0o600
+        and st.st_uid == os.getuid()
+        and stat.S_IMODE(parent.st_mode) == 0o700
+        and parent.st_uid == os.getuid()
+    )
+
+
+def raw_request(path: Path, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes and read one reply line (for tests of malformed requests)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sock.sendall(payload)
+        with sock.makefile("rb") as fh:
+            return fh.readline()

@@ -1,0 +1,515 @@
+"""``kb watch``: keep the index equal to the files, and serve other processes meanwhile.
+
+The only module that imports watchdog. The design, in the order things can go wrong:
+
+* **Disk is the truth.** Events only mark paths (or folders) dirty; after a quiet ``debounce`` (at most
+  ``max_delay`` into a burst) the dirty paths are re-read from disk by the same indexer as ``kb index``,
+  restricted to them (``Indexer.run(scope=...)``): one transaction, only changed chunks embedded, renames
+  and moves re-pathed with cached vectors. Duplicate, out-of-order or half-understood events (atomic saves,
+  moves in and out of the tree, folder renames) cannot make it wrong: whatever happened, the path's current
+  state is what gets indexed.
+* **Never wrong for long.** On start, a full reconcile (``kb index``). An inotify queue overflow (watchdog
+  only logs it) triggers a full rescan; a watch-limit error falls back to polling with a warning; every
+  ``reconcile_every`` seconds a stat-only comparison of the tree with the manifest catches anything missed.
+* **One owner.** The watcher holds the index's write lock for its lifetime and serves
+  search/ask/status/index to other processes over a private Unix socket (:mod:`kb.server`); ``kb status``
+  shows it.
+* **Stops cleanly.** SIGINT/SIGTERM finish the run in progress and stop; SIGKILL loses only pending work,
+  which the next start reconciles. A workspace folder moved or deleted stops it with a clear message."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import inspect
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from ingest.discovery import PRUNED_DIRS, discover
+from kb.api import KnowledgeBase
+from kb.errors import IndexLockedError, KbError, WorkspaceNotFoundError
+from kb.indexer import Indexer, fingerprint
+from kb.models import IndexReport, WatcherStatus
+from kb.remote import connect, encode, socket_path, status_file
+from kb.server import BadRequest, WatchServer
+from kb.settings import DEFAULT_INCLUDE
+from kb.watch_support import LockedEmbedder, Reindexed, discover_paths, literal_dir
+
+log = logging.getLogger(__name__)
+
+FULL_RUN_ABOVE = 2000  # dirty paths beyond which one full run is cheaper than a targeted one
+_IGNORED = {"opened", "closed_no_write"}  # our own reads of files must not wake us
+
+
+class _Events(FileSystemEventHandler):
+    def __init__(self, watcher: Watcher):
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in _IGNORED or (event.is_directory and event.event_type == "modified"):
+            return  # a folder's "modified" only says its entries changed: their own events follow
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            if raw:
+                self.watcher.mark(os.fsdecode(raw), event.is_directory, event.event_type)
+
+
+class _OverflowSpy(logging.Handler):
+    """watchdog reports an inotify queue overflow only as a log warning: turn it into a rescan."""
+
+    def __init__(self, watcher: Watcher):
+        super().__init__(logging.WARNING)
+        self.watcher = watcher
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.watcher.request_rescan("the inotify event queue overflowed (events were lost)")
+
+
+class Watcher:
+    """Watches ``kb``'s workspace; :meth:`run` blocks until ``stop`` is set."""
+
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        *,
+        debounce: float = 0.1,
+        max_delay: float = 1.0,
+        reconcile_every: float = 30.0,
+        poll_every: float = 2.0,
+        polling: bool = False,
+        serve: bool = True,
+        on_reindex: Callable[[Reindexed], None] | None = None,
+        observer_factory: Callable[[], Any] = Observer,
+    ):
+        self.kb = kb
+        kb.route_to_watcher = False
+        if not isinstance(kb._embedder, LockedEmbedder):
+            kb._embedder = LockedEmbedder(kb.embedder)
+        self.root = kb.workspace.root
+        self.debounce, self.max_delay = debounce, max_delay
+        self.reconcile_every, self.poll_every = reconcile_every, poll_every
+        self.mode = "polling" if polling else "inotify"
+        self.serve = serve
+        self.on_reindex = on_reindex or (lambda r: None)
+        self.observer_factory = observer_factory
+        self.include = DEFAULT_INCLUDE + kb.settings.include
+        self.exclude = list(kb.settings.exclude)
+        self.max_bytes = int(kb.settings.max_file_mb * 1024 * 1024)
+        self._roots = self._watch_roots()
+        self.started_at = time.time()
+        self.last_event_at: float | None = None
+        self.last_event: str | None = None
+        self.last_error: str | None = None
+        self.last_reindex_at: float | None = None
+        self.reindexes = 0
+        self._lock = threading.Lock()
+        self._files: set[str] = set()
+        self._dirs: set[str] = set()
+        self._rescan: str | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self.ready = threading.Event()  # set once the start-up reconcile is done
+        self.served = 0  # requests answered for other processes
+        self._last_mark = 0.0
+        self._requests: list[tuple[threading.Event, dict[str, Any]]] = []
+        self._unloadable: dict[str, tuple[int, int]] = {}
+        self._observer: Any = None
+        self._server: WatchServer | None = None
+        self._reader: KnowledgeBase | None = None
+        self._query_lock = threading.Lock()
+        self._spy = _OverflowSpy(self)
+        st = os.stat(self.root)
+        self._identity = (st.st_dev, st.st_ino)
+        self._config_stamp = _stamp(kb.workspace.config_path)
+
+    # --- events -------------------------------------------------------------------------------------------
+    def mark(self, abspath: str, is_dir: bool, kind: str) -> None:
+        """Note that ``abspath`` changed somehow; what changed is read from disk later."""
+        try:
+            rel = Path(abspath).relative_to(self.root).as_posix()
+        except ValueError:
+            return
+        if rel == "." or any(p in PRUNED_DIRS for p in rel.split("/")):
+            return
+        with self._lock:
+            (self._dirs if is_dir else self._files).add(rel)
+            self.last_event_at, self.last_event = time.time(), f"{kind} {rel}"
+            self._last_mark = time.monotonic()
+            if is_dir and any(r == rel or r.startswith(rel + "/") for r in self._roots):
+                self._rescan = self._rescan or f"folder {rel} changed: watching again"
+        self._wake.set()
+
+    def request_rescan(self, reason: str) -> None:
+        with self._lock:
+            self._rescan = reason
+        log.warning("%s: rescanning the workspace", reason)
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._files) + len(self._dirs)
+
+    # --- the loop -----------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        existing = connect(self.kb.workspace)
+        if existing is not None:
+            pid = existing.pid
+            existing.close()
+            raise IndexLockedError(
+                f"kb watch is already running for {self.root} (pid {pid}). Only one process "
+                "may write an index; use that one (kb status shows it) or stop it first."
+            )
+        with self.kb._write_lock():
+            try:
+                self._start()
+                self._full("start-up reconcile")
+                self._warm_up()
+                self.ready.set()
+                log.info("ready: watching %s (%s); Ctrl-C stops", self.root, self.mode)
+                next_check = time.monotonic() + (
+                    self.poll_every if self.mode == "polling" else self.reconcile_every
+                )
+                while not stop.is_set():
+                    woke = self._wake.wait(timeout=1.0)
+                    self._check_workspace()
+                    self._answer_index_requests()
+                    if woke:
+                        self._settle(stop)
+                        self._wake.clear()
+                        self._drain()
+                    if time.monotonic() >= next_check:
+                        self._stat_reconcile()
+                        next_check = time.monotonic() + (
+                            self.poll_every if self.mode == "polling" else self.reconcile_every
+                        )
+            finally:
+                self._shutdown()
+
+    def _start(self) -> None:
+        fp = fingerprint(self.kb.embedder.model_id, self.kb.settings)
+        store = self.kb._store_for(fp)
+        shared = self.kb._embedder
+        assert isinstance(shared, LockedEmbedder)
+        cached = LockedEmbedder(shared.inner, shared.lock, cache_size=2048)
+        self._reader = KnowledgeBase(self.kb.workspace, self.kb.settings, embedder=cached, store=store)
+        self._reader.route_to_watcher = False
+        if self.serve:
+            self._server = WatchServer(socket_path(self.kb.workspace.state_dir), self._dispatch)
+            self._server.start()
+        log.info(
+            "kb watch (pid %d) watching %s; serving other processes on %s",
+            os.getpid(),
+            self.root,
+            self._server.path if self._server else "(not serving)",
+        )
+        logging.getLogger("watchdog").addHandler(self._spy)
+        if self.mode == "inotify":
+            self._observe()
+        self._write_status()
+
+    def _warm_up(self) -> None:
+        """Load the model, open the index and answer one question (the persona choice and priorities get
+        embedded and cached) before saying "ready", so the first request from another process is fast."""
+        reader = self._reader
+        assert reader is not None
+        started = time.perf_counter()
+        with self._query_lock:
+            try:
+                reader.embedder.embed(["warm up"])
+                reader.status()
+                reader.ask("What should I consider first?", persona="auto")
+            except Exception as exc:  # e.g. nothing indexed yet: the first request reports it
+                log.debug("warm-up: %s", exc)
+        log.debug("warm-up took %.1f s", time.perf_counter() - started)
+
+    def _watch_roots(self) -> list[str]:
+        """The folders the include globs start from, without those inside another ('' is the root)."""
+        roots = sorted({literal_dir(p) for p in self.include})
+        return [r for r in roots if not any(o != r and (not o or r.startswith(o + "/")) for o in roots)]
+
+    def _observe(self) -> None:
+        """Recursive watches on each include root; the nearest existing folder above a missing one."""
+        observer = self.observer_factory()
+        handler = _Events(self)
+        try:
+            for rel in self._roots:
+                target = self.root / rel if rel else self.root
+                recursive = True
+                while not target.is_dir() and target != self.root:
+                    target, recursive = target.parent, False
+                observer.schedule(handler, str(target), recursive=recursive)
+            observer.start()
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                observer.stop()
+            if exc.errno not in (errno.ENOSPC, errno.EMFILE, errno.ENOMEM):
+                raise
+            self.mode = "polling"
+            self.last_error = (
+                f"inotify limit reached ({exc.strerror or exc}); polling every {self.poll_every:g}s "
+                "instead. Raise fs.inotify.max_user_watches to watch with inotify."
+            )
+            log.warning(self.last_error)
+            return
+        self._observer = observer
+
+    def _settle(self, stop: threading.Event) -> None:
+        """Wait for a burst to go quiet (``debounce``), but no longer than ``max_delay``."""
+        first = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            quiet_for = now - self._last_mark
+            if quiet_for >= self.debounce or now - first >= self.max_delay:
+                return
+            stop.wait(min(self.debounce - quiet_for, self.max_delay - (now - first)))
+
+    def _drain(self) -> None:
+        with self._lock:
+            files, dirs, rescan = self._files, self._dirs, self._rescan
+            self._files, self._dirs, self._rescan = set(), set(), None
+        if rescan:
+            if self.mode == "inotify" and "watching again" in rescan:
+                self._rewatch()
+            self._full(rescan)
+        elif files or dirs:
+            self._targeted(files, dirs, "changed")
+
+    def _rewatch(self) -> None:
+        if self._observer is not None:
+            with contextlib.suppress(Exception):
+                self._observer.stop()
+                self._observer.join(timeout=5)
+            self._observer = None
+        self._observe()
+
+    # --- runs ---------------------------------------------------------------------------------------------
+    def _targeted(self, files: set[str], dirs: set[str], reason: str) -> None:
+        covered = set(files)
+        if dirs:
+            known = list(self.kb._manifest_rw().sources())
+            for d in dirs:
+                covered.update(p for p in known if p.startswith(d + "/"))
+                base = self.root / d
+                if base.is_dir() and not base.is_symlink():
+                    for dirpath, dirnames, filenames in os.walk(base):
+                        dirnames[:] = [n for n in dirnames if n not in PRUNED_DIRS]
+                        here = Path(dirpath).relative_to(self.root).as_posix()
+                        covered.update(f"{here}/{n}" for n in filenames)
+        if len(covered) > FULL_RUN_ABOVE:
+            self._full(f"{len(covered)} paths changed")
+            return
+        cands, skipped = discover_paths(self.root, self.include, self.exclude, self.max_bytes, covered)
+        covered.update(c.path for c in cands)
+
+        def work() -> IndexReport:
+            fp = fingerprint(self.kb.embedder.model_id, self.kb.settings)
+            indexer = Indexer(
+                self.root, self.kb.settings, self.kb._manifest_rw(), self.kb._store_for(fp), self.kb.embedder
+            )
+            return indexer.run(scope=(cands, skipped, sorted(covered)))
+
+        self._run(work, reason, {c.path: (c.size, c.mtime_ns) for c in cands})
+
+    def _full(self, reason: str) -> IndexReport | None:
+        return self._run(lambda: self.kb.index(), reason, None)
+
+    def _run(
+        self, work: Callable[[], IndexReport], reason: str, stats: dict[str, tuple[int, int]] | None
+    ) -> IndexReport | None:
+        started = time.perf_counter()
+        try:
+            report = work()
+        except Exception as exc:  # survive anything; the periodic reconcile retries
+            self.last_error = f"{time.strftime('%H:%M:%S')} re-index failed ({reason}): {exc}"
+            log.error(self.last_error, exc_info=not isinstance(exc, (KbError, OSError)))
+            self._write_status()
+            return None
+        for s in report.skipped:  # loaded and found nothing to index: not read again until it changes
+            if stats and s.path in stats and not s.reason.startswith(("cannot", "permission", "vanished")):
+                self._unloadable[s.path] = stats[s.path]
+        paths = (
+            [("added", p) for p in report.added]
+            + [("updated", p) for p in report.updated]
+            + [("removed", p) for p in report.removed]
+            + [("renamed", f"{a} -> {b}") for a, b in report.renamed]
+        )
+        if paths or report.chunks_embedded or report.repaired:
+            event = Reindexed(paths, report.chunks_embedded, (time.perf_counter() - started) * 1000, reason)
+            self.reindexes += 1
+            self.last_reindex_at = time.time()
+            log.info("re-indexed: %s", event.line())
+            for line in report.repaired:
+                log.warning("repaired: %s", line)
+            self.on_reindex(event)
+        self._write_status()
+        return report
+
+    def _stat_reconcile(self) -> None:
+        """Compare the tree's sizes and mtimes with the manifest (nothing is read); re-index what differs."""
+        try:
+            cands, skipped = discover(self.root, self.include, self.exclude, self.max_bytes)
+        except OSError as exc:
+            log.warning("periodic reconcile could not list the workspace: %s", exc)
+            return
+        old = self.kb._manifest_rw().sources()
+        held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
+        dirty = {
+            c.path
+            for c in cands
+            if (c.path not in old and self._unloadable.get(c.path) != (c.size, c.mtime_ns))
+            or (c.path in old and (old[c.path].size, old[c.path].mtime_ns) != (c.size, c.mtime_ns))
+        }
+        present = {c.path for c in cands}
+        dirty |= {p for p in old if p not in present and p not in held}
+        dirty |= {
+            s.path for s in skipped if s.path in old and not s.reason.startswith(("cannot", "permission"))
+        }
+        if dirty:
+            log.info("periodic reconcile: %d path(s) differ from the index", len(dirty))
+            self._targeted(dirty, set(), "reconcile")
+
+    # --- requests from other processes --------------------------------------------------------------------
+    def _dispatch(self, method: str, params: dict[str, Any]) -> Any:
+        self.served += 1
+        if method == "ping":
+            return {"pid": os.getpid(), "workspace": str(self.root)}
+        if method == "config":
+            return json.loads(self.kb.settings.model_dump_json())
+        if method == "index":
+            done: dict[str, Any] = {}
+            event = threading.Event()
+            with self._lock:
+                if self._stopping:
+                    raise KbError("kb watch is stopping; run kb index again once it has stopped.")
+                self._requests.append((event, done))
+            self._wake.set()
+            event.wait()
+            if "error" in done:
+                raise done["error"]
+            return encode(done["report"])
+        reader = self._reader
+        assert reader is not None
+        verb = getattr(reader, method)
+        try:
+            inspect.signature(verb).bind(**params)
+        except TypeError as exc:
+            raise BadRequest(f"Bad parameters for {method}: {exc}.") from None
+        with self._query_lock:
+            result = verb(**params)
+            if method == "status":
+                result.watcher = self.status()
+        return encode(result)
+
+    def _answer_index_requests(self) -> None:
+        with self._lock:
+            todo, self._requests = self._requests, []
+        for event, done in todo:
+            report = self._full("kb index (routed to the watcher)")
+            if report is None:
+                done["error"] = KbError(f"Indexing failed: {self.last_error}")
+            else:
+                done["report"] = report
+            event.set()
+
+    # --- health -------------------------------------------------------------------------------------------
+    def _check_workspace(self) -> None:
+        try:
+            st = os.stat(self.root)
+            same = (st.st_dev, st.st_ino) == self._identity and (self.root / ".workos").is_dir()
+        except OSError:
+            same = False
+        if not same:
+            raise WorkspaceNotFoundError(
+                f"The workspace folder {self.root} was moved or deleted while kb watch was running; kb watch "
+                "stopped (nothing was half-written). Start it again where the workspace is now: "
+                "kb watch --workspace NEW_PATH"
+            )
+        stamp = _stamp(self.kb.workspace.config_path)
+        if stamp != self._config_stamp:  # settings are read once; say so rather than index with stale ones
+            self._config_stamp = stamp
+            self.last_error = (
+                "kb.toml changed: restart kb watch to apply it (it still uses the settings it started with)"
+            )
+            log.warning(self.last_error)
+
+    def status(self) -> WatcherStatus:
+        return WatcherStatus(
+            running=True,
+            pid=os.getpid(),
+            mode=self.mode,
+            started_at=self.started_at,
+            last_event_at=self.last_event_at,
+            last_event=self.last_event,
+            pending=self.pending,
+            last_error=self.last_error,
+            last_reindex_at=self.last_reindex_at,
+        )
+
+    def _write_status(self, running: bool = True) -> None:
+        path = status_file(self.kb.workspace)
+        if not path.parent.is_dir():  # never re-create a deleted workspace
+            return
+        data = {**dataclasses.asdict(self.status()), "running": running}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, path)
+
+    def _shutdown(self) -> None:
+        logging.getLogger("watchdog").removeHandler(self._spy)
+        if self._observer is not None:
+            with contextlib.suppress(Exception):
+                self._observer.stop()
+                self._observer.join(timeout=5)
+        if self._server is not None:
+            self._server.stop()
+        # Let a request (or the warm-up) in progress finish: native code running in a thread while the
+        # interpreter exits aborts the process.
+        self._query_lock.acquire(timeout=120)
+        with self._lock:
+            self._stopping = True
+            waiting, self._requests = self._requests, []
+        for event, done in waiting:
+            done["error"] = KbError("kb watch stopped before indexing; run kb index again.")
+            event.set()
+        self._write_status(running=False)
+        log.info("kb watch (pid %d) stopped; the index is complete up to the last re-index", os.getpid())
+        if self._reader is not None:
+            self._reader._store = None  # shared with self.kb, which closes it
+            self._reader.close()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def watch(kb: KnowledgeBase, stop: threading.Event | None = None, **options: Any) -> None:
+    """Run a :class:`Watcher` until SIGINT/SIGTERM (or ``stop`` is set)."""
+    stop = stop or threading.Event()
+    watcher = Watcher(kb, **options)
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        watcher.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        kb.close()

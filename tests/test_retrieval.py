@@ -1,0 +1,178 @@
+"""Hybrid retrieval: the BM25 side stays equal to the files, fusion, filters, folding, modes."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kb import KnowledgeBase
+from kb.errors import KbError
+from kb.lexical import analyze
+from kb.retrieval import Filters, fuse, near_duplicate
+from tests.conftest import ROOT, FakeEmbedder
+
+NOTIF = "projects/prds/notifications.md"
+QUESTIONS = ROOT / "benchmarks/questions/sample-workspace.jsonl"
+
+
+def bm25_paths(kb: KnowledgeBase, query: str, k: int = 10) -> list[str]:
+    return [h.path for h in kb.search(query, k=k, mode="bm25")]
+
+
+def test_analyzer_stems_and_drops_stop_words() -> None:
+    assert analyze("The notifications are paginated") == ["notif", "pagin"]
+    assert analyze("Paginating notification") == ["pagin", "notif"]
+    assert analyze("AIP-158 page_token") == ["aip", "158", "page_token"]
+
+
+def test_bm25_side_follows_every_change(workspace: Path) -> None:
+    kb = KnowledgeBase.open(workspace, embedder=FakeEmbedder())
+    kb.index()
+    ctx = workspace / ".workos/context"
+    (ctx / "zebra.md").write_text("# Zebra\n\nThe quokkafish service pages through results.\n")
+    kb.index()
+    assert bm25_paths(kb, "quokkafish") == [".workos/context/zebra.md"]
+    # edit: the old word disappears, the new one appears
+    (ctx / "zebra.md").write_text("# Zebra\n\nThe platypuscrab service pages through results.\n")
+    kb.index()
+    assert bm25_paths(kb, "quokkafish") == []
+    assert bm25_paths(kb, "platypuscrab") == [".workos/context/zebra.md"]
+    # rename: found under the new path only
+    (ctx / "zebra.md").rename(ctx / "okapi.md")
+    kb.index()
+    assert bm25_paths(kb, "platypuscrab") == [".workos/context/okapi.md"]
+    # delete
+    (ctx / "okapi.md").unlink()
+    kb.index()
+    assert bm25_paths(kb, "platypuscrab") == []
+    manifest, _ = kb._ready()
+    from kb import lexical
+
+    assert lexical.in_step(manifest.db)
+    (orphans,) = manifest.db.execute(
+        "SELECT count(*) FROM sections s WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.path = s.path)"
+    ).fetchone()
+    assert orphans == 0
+
+
+def test_lexical_index_is_rebuilt_from_an_old_manifest_without_embedding(workspace: Path) -> None:
+    emb = FakeEmbedder()
+    KnowledgeBase.open(workspace, embedder=emb).index()
+    db = sqlite3.connect(workspace / ".workos/.kb/manifest.sqlite3")
+    db.executescript("DROP TRIGGER sections_fts_ad; DROP TABLE sections_fts_vocab; DROP TABLE sections_fts;"
+                     "DROP TABLE sections; DELETE FROM meta WHERE key='lexical_version';")
+    db.close()
+    emb2 = FakeEmbedder()
+    kb = KnowledgeBase.open(workspace, embedder=emb2)
+    assert bm25_paths(kb, "notifications retention digest")[:3]
+    assert NOTIF in bm25_paths(kb, "notifications")
+    assert emb2.calls == [], "rebuilding the BM25 side embeds nothing"
+
+
+def test_hybrid_finds_exact_identifiers_dense_misses(indexed: Path) -> None:
+    """An error code or service id is a lexical fact: BM25 carries it into the hybrid ranking."""
+    kb = KnowledgeBase.open(indexed)
+    dense = kb.search("INC-2024-031", k=3, mode="dense")
+    assert not any("INC-2024-031" in h.text for h in dense), "premise: the embedding does not know the id"
+    hybrid = kb.search("INC-2024-031", k=3)
+    assert hybrid and "INC-2024-031" in hybrid[0].text
+
+
+def test_hybrid_is_at_least_as_good_as_each_side_on_the_sample_questions(indexed: Path) -> None:
+    kb = KnowledgeBase.open(indexed)
+    hybrid = kb.evaluate(QUESTIONS, k=5)
+    dense = kb.evaluate(QUESTIONS, k=5, mode="dense")
+    bm25 = kb.evaluate(QUESTIONS, k=5, mode="bm25")
+    assert hybrid.questions >= 30
+    assert hybrid.hit_at_k >= max(dense.hit_at_k, bm25.hit_at_k)
+    assert hybrid.mrr >= bm25.mrr
+    assert hybrid.hit_at_k >= 0.97
+
+
+def test_filters_by_source_type_and_path(indexed: Path) -> None:
+    kb = KnowledgeBase.open(indexed)
+    prd = kb.search("who owns the notifications service", k=10, source_type="prd")
+    assert prd and {h.source_type for h in prd} == {"prd"}
+    ctx = kb.search("notifications", k=10, source_type=["context"], mode="bm25")
+    assert ctx and {h.source_type for h in ctx} == {"context"}
+    only = kb.search("retention", k=10, path="projects/prds/notif*")
+    assert only and {h.path for h in only} == {NOTIF}
+    assert kb.search("retention", k=5, path="nowhere/*") == []
+    answer = kb.ask("How long are notifications kept?", source_type="context")
+    assert all(c.path.startswith(".workos/context/") for c in answer.citations)
+    with pytest.raises(KbError, match="Unknown source type 'prds'"):
+        kb.search("x", source_type="prds")
+    with pytest.raises(KbError, match="Unknown retrieval mode"):
+        kb.search("x", mode="sparse")
+
+
+def test_near_duplicate_sources_are_folded_into_one_hit(indexed: Path) -> None:
+    shutil.copy(indexed / NOTIF, indexed / ".workos/context/notifications-copy.md")
+    kb = KnowledgeBase.open(indexed)
+    kb.index()
+    hits = kb.search("notification retention period", k=5)
+    texts = [" ".join(h.text.split()) for h in hits]
+    assert len(texts) == len(set(texts)), "the same text is shown once"
+    folded = [h for h in hits if h.also_in]
+    assert folded, "the copy is reported on the hit it was folded into"
+    assert {folded[0].path, *folded[0].also_in} == {NOTIF, ".workos/context/notifications-copy.md"}
+    assert "also_in" in folded[0].to_dict()
+
+
+def test_fuse_combines_cosine_and_bm25_on_absolute_scales() -> None:
+    out = fuse([("a", 0.9), ("b", 0.5)], [("b", 12.0), ("c", 2.0)], lexical_max=20.0, weight=0.5)
+    scores = {s.chunk_id: round(s.score, 6) for s in out}
+    # c was not a dense candidate: it gets the lowest dense candidate's cosine; a matched no query term: 0
+    assert scores == {"a": 0.45, "b": 0.55, "c": 0.3}
+    assert [s.chunk_id for s in out] == ["b", "a", "c"]
+    # a lone, weak lexical match stays weak (min-max normalisation would have made it a perfect 1.0)
+    lone = fuse([("x", 0.8), ("y", 0.6)], [("y", 1.0)], lexical_max=30.0, weight=0.5)
+    assert lone[0].chunk_id == "x"
+    assert near_duplicate("The quick brown fox.", "the quick  brown fox")
+    assert not near_duplicate("The quick brown fox.", "A slow green turtle.")
+    assert not Filters.make(None, None)
+    assert Filters.make("context,prd", "./projects/*").paths == ("projects/*",)
+
+
+def test_llama_index_retriever_returns_cited_nodes(indexed: Path) -> None:
+    from llama_index.core.retrievers import BaseRetriever
+
+    retriever = KnowledgeBase.open(indexed).as_retriever(k=3, source_type="prd")
+    assert isinstance(retriever, BaseRetriever)
+    nodes = retriever.retrieve("How should we paginate the notifications API?")
+    assert nodes and nodes[0].node.metadata["path"] == NOTIF
+    m = nodes[0].node.metadata
+    lines = (indexed / m["path"]).read_text().splitlines()[m["start_line"] - 1 : m["end_line"]]
+    assert " ".join(nodes[0].node.get_content().split()) in " ".join(" ".join(lines).split())
+
+
+class KeywordReranker:
+    """A stand-in cross-encoder: prefers passages containing a marker word (proves the stage re-orders)."""
+
+    def __init__(self, word: str) -> None:
+        self.word, self.seen = word, 0
+
+    def score(self, query: str, texts: list[str]) -> list[float]:
+        self.seen += len(texts)
+        return [1.0 if self.word in t.lower() else 0.0 for t in texts]
+
+
+def test_reranker_stage_reorders_fused_candidates(indexed: Path) -> None:
+    plain = KnowledgeBase.open(indexed).search("notifications", k=5)
+    target = next(h for h in KnowledgeBase.open(indexed).search("notifications", k=30) if "digest" in h.text.lower())
+    assert plain[0].chunk_id != target.chunk_id
+    rr = KeywordReranker("digest")
+    hits = KnowledgeBase.open(indexed, reranker=rr).search("notifications", k=5)
+    assert rr.seen >= 5 and "digest" in hits[0].text.lower()
+
+
+def test_reranker_setting_errors_say_what_to_do(indexed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KB_RERANKER", "colbert:foo")
+    with pytest.raises(KbError, match="Unknown reranker 'colbert:foo'. Available: 'cross-encoder"):
+        KnowledgeBase.open(indexed).search("notifications")
+    monkeypatch.setenv("KB_RERANKER", "cross-encoder:/nonexistent/model")
+    with pytest.raises(KbError, match="/nonexistent/model not found"):
+        KnowledgeBase.open(indexed).search("notifications")
