@@ -20,7 +20,6 @@ from kb.errors import (
     PersonaNotFoundError,
     WorkspaceNotFoundError,
 )
-from kb.evaluate import EvalReport, QuestionsReport, evaluate_beir
 from kb.models import (
     Answer,
     AnswerSentence,
@@ -37,6 +36,7 @@ from kb.models import (
 
 if TYPE_CHECKING:
     from kb.api import KnowledgeBase
+    from kb.evaluate import EvalReport, QuestionsReport, evaluate_beir
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,10 @@ def __getattr__(name: str) -> object:
         from kb.api import KnowledgeBase
 
         return KnowledgeBase
+    if name in ("EvalReport", "QuestionsReport", "evaluate_beir"):
+        import kb.evaluate
+
+        return getattr(kb.evaluate, name)
     raise AttributeError(f"module 'kb' has no attribute {name!r}")
 
 __all__ = [

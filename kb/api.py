@@ -6,9 +6,12 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kb.answer import Answerer, Evidence, ExtractiveAnswerer
 from kb.embedders import Embedder, make_embedder
@@ -328,9 +331,26 @@ class KnowledgeBase:
         from kb.persona_pick import PersonaPicker
 
         if self._picker is None:
-            self._picker = PersonaPicker(list_personas(self.workspace.personas_dir), self.embedder.embed)
+            self._picker = PersonaPicker(list_personas(self.workspace.personas_dir), self._embed_cached)
         pick = self._picker.pick(self.embedder.embed([question])[0])
         return (pick.persona, True) if pick else (None, False)
+
+    def _embed_cached(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed persona lines through a cache in the manifest: a one-shot `kb ask` re-embeds none of them."""
+        from kb.indexer import text_hash
+
+        if not texts:
+            return self.embedder.embed([])
+        manifest, model = self._manifest_ro(), self.embedder.model_id
+        hashes = [text_hash(t) for t in texts]
+        have = manifest.get_aux_vectors(model, hashes)
+        todo = [(h, t) for h, t in dict(zip(hashes, texts)).items() if h not in have]
+        if todo:
+            fresh = self.embedder.embed([t for _, t in todo])
+            with contextlib.suppress(sqlite3.OperationalError):  # a read-only or busy manifest: just don't cache
+                manifest.put_aux_vectors(model, zip([h for h, _ in todo], fresh))
+            have.update({h: v for (h, _), v in zip(todo, fresh)})
+        return np.stack([have[h] for h in hashes])
 
     def _aspect_texts(self, persona: Persona | None) -> list[str]:
         """Each "What I Always Consider" priority, enriched with the persona's closest expertise/principle lines."""
@@ -341,7 +361,7 @@ class KnowledgeBase:
         base = [f"{a.label}: {a.description}" for a in aspects]
         if not lore:
             return base
-        vecs = self.embedder.embed(base + lore)
+        vecs = self._embed_cached(base + lore)
         av, lv = vecs[: len(base)], vecs[len(base) :]
         out = []
         for i, text in enumerate(base):

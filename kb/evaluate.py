@@ -159,7 +159,9 @@ def beir_files(dataset: Path, split: str) -> tuple[Path, Path, Path]:
     missing = [n for n, p in (("corpus.jsonl[.gz]", corpus), ("queries.jsonl", queries if queries.is_file() else None),
                               (f"qrels/{split}.tsv", qrels)) if p is None]
     if missing:
-        raise DatasetError(f"{dataset} is not a BEIR dataset: missing {', '.join(missing)}.")
+        splits = sorted(p.stem for p in (dataset / "qrels").glob("*.tsv")) if (dataset / "qrels").is_dir() else []
+        hint = f" It has the split(s) {', '.join(splits)}: pass --split {splits[0]}." if splits and qrels is None else ""
+        raise DatasetError(f"{dataset} is not a BEIR dataset: missing {', '.join(missing)}.{hint}")
     assert corpus is not None and qrels is not None
     return corpus, queries, qrels
 

@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     embed_text TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
+CREATE TABLE IF NOT EXISTS aux_vectors (
+    model_id TEXT NOT NULL,
+    text_hash TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model_id, text_hash)
+);
 CREATE TABLE IF NOT EXISTS vectors (
     model_id TEXT NOT NULL,
     text_hash TEXT NOT NULL,
@@ -230,6 +236,22 @@ class Manifest:
             [(model_id, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items],
         )
         self.db.commit()
+
+    def get_aux_vectors(self, model_id: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Vectors of texts that are not chunks (persona lines), kept apart so indexing never prunes them."""
+        unique = list(dict.fromkeys(hashes))
+        marks = ",".join("?" * len(unique))
+        rows = self.db.execute(
+            f"SELECT text_hash, vector FROM aux_vectors WHERE model_id=? AND text_hash IN ({marks})", [model_id, *unique]
+        ) if unique else []
+        return {h: np.frombuffer(blob, dtype=np.float32) for h, blob in rows}
+
+    def put_aux_vectors(self, model_id: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO aux_vectors(model_id, text_hash, vector) VALUES (?,?,?)",
+                [(model_id, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items],
+            )
 
     def prune_vectors(self, model_id: str) -> int:
         """Drop cached vectors no chunk uses any more (keeps the file from growing forever)."""

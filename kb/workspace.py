@@ -42,6 +42,22 @@ KB_TOML_TEMPLATE = """\
 
 # Below this cosine similarity to the question a sentence is not used as evidence.
 # min_relevance = 0.35
+
+# Retrieval: 'hybrid' (BM25 + dense vectors), 'dense' or 'bm25'; an optional cross-encoder second stage.
+# search_mode = "hybrid"
+# reranker = "cross-encoder:/path/to/a/local/cross-encoder"
+
+# Answers written by a language model (every sentence is then checked against the source it cites):
+# llm = "extractive"                        # or "openai-compatible", "llama-cpp:/path/model.gguf"
+# llm_base_url = "http://127.0.0.1:8080/v1" # Ollama, llama.cpp's server, vLLM, LM Studio, a hosted API
+# llm_model = "..."                         # the key: KB_LLM_API_KEY (keep it out of this file)
+
+# The personas' recommended resources (kb resources list|fetch|import):
+# [resources]
+# add = ["https://example.org/handbook"]    # more URLs; drop = [...] leaves a persona's out
+# mirror = { "https://12factor.net/" = "/srv/mirrors/12factor" }   # air-gapped copies
+# allow_hosts = ["wiki.intranet.example"]   # private addresses are refused unless listed here
+# max_age_hours = 168
 """
 
 

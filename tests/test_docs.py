@@ -31,3 +31,4 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert "pytest" in second
     ci = (ROOT / ".ci/run").read_text()
     assert "scripts/setup.sh" in ci and "pytest" in ci
+    assert ("--with-llm" in second) == ("--with-llm" in ci), "CI installs what the README's test command installs"

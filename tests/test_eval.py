@@ -73,6 +73,11 @@ def test_beir_eval_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "half" / "queries.jsonl").write_text("{}\n")
     res = runner.invoke(app, ["eval", str(tmp_path / "half")])
     assert res.exit_code == 1 and "missing corpus.jsonl[.gz]" in res.output and "qrels/test.tsv" in res.output
+    (tmp_path / "half" / "corpus.jsonl").write_text("{}\n")
+    (tmp_path / "half" / "qrels").mkdir()
+    (tmp_path / "half" / "qrels" / "train.tsv").write_text("q\td\t1\n")
+    res = runner.invoke(app, ["eval", str(tmp_path / "half")])
+    assert res.exit_code == 1 and "pass --split train" in res.output
 
 
 def test_questions_file_eval_scores_the_workspace(indexed: Path, tmp_path: Path) -> None:

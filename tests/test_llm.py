@@ -241,7 +241,7 @@ def test_local_llama_cpp_without_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_
 )
 @pytest.mark.skipif(
     __import__("importlib").util.find_spec("llama_cpp") is None,
-    reason="needs llama-cpp-python (pip install 'kb[local-llm]'; scripts/setup.sh builds it)",
+    reason="needs llama-cpp-python (pip install 'kb[local-llm]', or scripts/setup.sh --with-llm)",
 )
 def test_local_llama_cpp_generates_in_process() -> None:
     g = make_generator("llama-cpp:smollm2", load_settings(None, llm_context_window=1024))

