@@ -121,7 +121,8 @@ class KnowledgeBase:
                 raise ConfigError(
                     f"Unknown answerer {self.settings.answerer!r}. Available: extractive."
                 )
-            self._answerer = ExtractiveAnswerer(self.embedder.embed, self.settings.min_relevance)
+            # Sentence vectors are cached like persona lines: the same sentence is never embedded twice.
+            self._answerer = ExtractiveAnswerer(self._embed_cached, self.settings.min_relevance)
         return self._answerer
 
     @contextlib.contextmanager
@@ -336,7 +337,8 @@ class KnowledgeBase:
         return (pick.persona, True) if pick else (None, False)
 
     def _embed_cached(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed persona lines through a cache in the manifest: a one-shot `kb ask` re-embeds none of them."""
+        """Embed persona lines and evidence sentences through a cache in the manifest (``aux_vectors``): a one-shot
+        `kb ask` embeds only sentences no earlier question has drawn on."""
         from kb.indexer import text_hash
 
         if not texts:

@@ -21,6 +21,7 @@ from kb import lexical
 from kb.errors import IndexCorruptError
 
 SCHEMA_VERSION = 1
+AUX_VECTORS_MAX = 50_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -251,6 +252,11 @@ class Manifest:
             self.db.executemany(
                 "INSERT OR REPLACE INTO aux_vectors(model_id, text_hash, vector) VALUES (?,?,?)",
                 [(model_id, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items],
+            )
+            # bounded: the most recently stored AUX_VECTORS_MAX (about 80 MB at 384 dimensions) stay
+            self.db.execute(
+                "DELETE FROM aux_vectors WHERE rowid IN "
+                "(SELECT rowid FROM aux_vectors ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (AUX_VECTORS_MAX,)
             )
 
     def prune_vectors(self, model_id: str) -> int:

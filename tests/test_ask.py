@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -115,3 +116,22 @@ def test_question_set_file_hits_expected_sources(indexed: Path) -> None:
         elif answer.abstained or not expected_files & {c.path for c in answer.citations}:
             wrong.append(item["question"])
     assert len(wrong) <= len(lines) // 10, wrong
+
+
+def test_a_repeated_question_embeds_no_evidence_sentence_again(indexed: Path) -> None:
+    """Evidence sentences and persona lines are cached in the manifest: never embed the same text twice."""
+    from kb.embedders import make_embedder
+    from tests.conftest import CountingEmbedder
+
+    def run() -> tuple[list[str], list[str]]:
+        emb = CountingEmbedder(make_embedder("st:all-MiniLM-L6-v2", "onnx", Path(os.environ["KB_MODEL_CACHE_DIR"])))
+        answer = KnowledgeBase.open(indexed, embedder=emb).ask("How should we paginate the notifications API?",
+                                                               persona="backend-engineer")
+        return emb.calls, [c.quote for c in answer.citations]
+
+    first, quotes = run()
+    second, quotes2 = run()
+    assert quotes2 == quotes
+    assert any(q in first for q in quotes), "the first ask embedded its evidence sentences"
+    assert not any(q in second for q in quotes), "the second ask reused them"
+    assert len(second) < len(first) / 3
