@@ -79,6 +79,7 @@ def main() -> None:
     # Index (or reuse the cache) through kb eval itself, then reopen that index to pull raw candidate lists.
     report = evaluate_beir(dataset, split="train", modes=("dense",), cache_dir=args.cache_dir, limit=1)[0]
     from kb.api import KnowledgeBase
+    from kb import lexical
     from kb.retrieval import retrieve
 
     qrels = read_qrels(dataset / "qrels" / "train.tsv")
@@ -95,7 +96,7 @@ def main() -> None:
             # dense retrieve() fetches max(2k, k+5) candidates: keep the top DEPTH
             lx = manifest.lexical_query(queries[qid], 2 * DEPTH, None, sections=DEPTH)
             runs[qid] = ([(s.chunk_id, s.score) for s in d][:DEPTH], lx)
-            tmax[qid] = 2.2 * sum(manifest.lexical_weights(queries[qid]).values()) or 1.0
+            tmax[qid] = lexical.max_score(manifest.lexical_weights(queries[qid])) or 1.0
         ids = {c for a, b in runs.values() for c, _ in [*a, *b]}
         path_of = {cid: r.path for cid, r in manifest.chunks_by_id(sorted(ids)).items()}
 

@@ -244,17 +244,16 @@ class KnowledgeBase:
             row = rows.get(item.chunk_id)
             if row is None:
                 continue
+            ws = word_set(row.text) if fold else frozenset()
             if fold:  # the same text in two places (a copied section, a vendored file): show it once
-                ws = word_set(row.text)
                 twin = next((h for h, w in zip(hits, words) if near_duplicate(w, ws)), None)
-                words.append(ws)
                 if twin is not None:
-                    words.pop()
                     if row.path != twin.path and row.path not in twin.also_in:
                         twin.also_in.append(row.path)
                     continue
             src = sources.get(row.path)
             meta = src.metadata if src else {}
+            words.append(ws)
             hits.append(
                 Hit(
                     rank=len(hits) + 1,
@@ -298,18 +297,19 @@ class KnowledgeBase:
         question = _clean_query(question)
         mode = mode or self.settings.search_mode
         filters = Filters.make(source_type, path)
-        chosen, picked = self._choose_persona(question, persona or self.settings.persona)
+        qvec = self.embedder.embed([question])[0]
+        chosen, picked = self._choose_persona(qvec, persona or self.settings.persona)
         k = k or self.settings.top_k
         manifest, store = self._ready()
         aspects = chosen.always_consider if chosen else []
-        vectors = self.embedder.embed([question, *self._aspect_texts(chosen)])
-        scored = retrieve(manifest, store, question, vectors[0], k, mode, filters)
+        aspect_vectors = self._embed_cached(self._aspect_texts(chosen))
+        scored = retrieve(manifest, store, question, qvec, k, mode, filters)
         hits = self._hits(manifest, self._rerank(manifest, question, scored, k), k)
         evidence = Evidence(question, hits)
         # The persona's priorities decide what further evidence is looked for: the question, steered towards
         # each priority.
-        for aspect, vec in zip(aspects, vectors[1:]):
-            steered = vectors[0] + vec
+        for aspect, vec in zip(aspects, aspect_vectors):
+            steered = qvec + vec
             steered /= max(float((steered @ steered) ** 0.5), 1e-12)
             evidence.aspects[aspect.label] = self._hits(
                 manifest, retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8), 3
@@ -322,7 +322,7 @@ class KnowledgeBase:
         answer.sentences = answer.sentences or extractive_sentences(answer)
         return answer
 
-    def _choose_persona(self, question: str, name: str | None) -> tuple[Persona | None, bool]:
+    def _choose_persona(self, question_vector: np.ndarray, name: str | None) -> tuple[Persona | None, bool]:
         """``"auto"``: the kb.toml persona when one is set, else the persona that best fits the question."""
         fixed = self.settings.persona
         if name and name.strip().lower() == "auto" and fixed and fixed.strip().lower() != "auto":
@@ -333,7 +333,7 @@ class KnowledgeBase:
 
         if self._picker is None:
             self._picker = PersonaPicker(list_personas(self.workspace.personas_dir), self._embed_cached)
-        pick = self._picker.pick(self.embedder.embed([question])[0])
+        pick = self._picker.pick(question_vector)
         return (pick.persona, True) if pick else (None, False)
 
     def _embed_cached(self, texts: Sequence[str]) -> np.ndarray:

@@ -190,12 +190,12 @@ def idf_weights(db: sqlite3.Connection, text: str) -> dict[str, float]:
     return {w: max(math.log((n_docs - df.get(w, 0) + 0.5) / (df.get(w, 0) + 0.5)), 1e-6) for w in words}
 
 
-def max_score(db: sqlite3.Connection, text: str) -> float:
-    """The BM25 score a section would get by matching every query term as strongly as possible: (k1 + 1) times the
-    sum of the terms' IDF. Dividing by it puts BM25 on an absolute 0..1 scale ("how much of the query's weight does
-    this passage match"), independent of the other candidates — unlike min-max normalisation, it does not turn the
-    only, weak match in a small workspace into a perfect score."""
-    return (K1 + 1) * sum(idf_weights(db, text).values())
+def max_score(weights: dict[str, float]) -> float:
+    """The BM25 score a section would get by matching every query term (``weights``: :func:`idf_weights`) as
+    strongly as possible: (k1 + 1) times the sum of the terms' IDF. Dividing by it puts BM25 on an absolute 0..1
+    scale ("how much of the query's weight does this passage match"), independent of the other candidates — unlike
+    min-max normalisation, it does not turn the only, weak match in a small workspace into a perfect score."""
+    return (K1 + 1) * sum(weights.values())
 
 
 def coverage(weights: dict[str, float], text: str) -> float:

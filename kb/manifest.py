@@ -107,7 +107,9 @@ class Manifest:
                 if self.get_meta("schema_version") is None:
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
                     self.db.commit()
-                if self.get_meta("lexical_version") != lexical.ANALYZER_VERSION or not lexical.in_step(self.db):
+                # Sections are written in the chunks' own transactions and the stamp is set in the rebuild's, so
+                # the stamp alone says whether the lexical tables match (no scan of the chunks at every open).
+                if self.get_meta("lexical_version") != lexical.ANALYZER_VERSION:
                     self.rebuild_lexical()
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("SELECT count(*) FROM sources").fetchone()

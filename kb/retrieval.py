@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from kb.errors import KbError
-from kb.lexical import coverage
+from kb.lexical import coverage, max_score
 from kb.manifest import Manifest
 from kb.store import Store
 
@@ -130,7 +130,7 @@ def retrieve(
     if mode == "dense":
         return [Scored(c, s, dense=s) for c, s in dense]
     weights = manifest.lexical_weights(query)
-    top = 2.2 * sum(weights.values()) or 1.0  # (k1 + 1) * sum of IDF: see kb.lexical.max_score
+    top = max_score(weights) or 1.0
     if mode == "bm25":
         scored = [Scored(c, s / top, lexical=s) for c, s in lexical]
     else:
