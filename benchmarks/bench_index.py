@@ -123,11 +123,11 @@ Use cursor-based pagination with an opaque page token for large result sets.
 """
 
 # Runs in a fresh process: index a tiny workspace, which exports the model to ONNX into the shared cache if
-# needed; the export itself is timed by wrapping kb.embedders.export_onnx.
+# needed; the export itself is timed by wrapping kb.backends.embedders.export_onnx.
 WARMUP_SNIPPET = textwrap.dedent(
     """
     import json, sys, time
-    import kb.embedders as E
+    import kb.backends.embedders as E
     from kb import KnowledgeBase
 
     ws, cache = sys.argv[1], sys.argv[2]

@@ -50,10 +50,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(PROJECT))
 
 from kb import KnowledgeBase  # noqa: E402
-from kb.llm import OpenAICompatible, bundled_gguf  # noqa: E402
-from kb.llm_answer import LLMAnswerer  # noqa: E402
+from kb.backends.llm import OpenAICompatible, bundled_gguf  # noqa: E402
+from kb.answer.generated import LLMAnswerer  # noqa: E402
 from kb.models import Answer  # noqa: E402
-from kb.verify import content_words  # noqa: E402
+from kb.answer.verify import content_words  # noqa: E402
 
 
 def say(msg: str) -> None:

@@ -124,7 +124,7 @@ def main() -> int:
         return 0
     os.environ["HF_HUB_OFFLINE"] = "1"
     from kb import KnowledgeBase
-    from kb.indexer import EMBED_BATCH
+    from kb.index.indexer import EMBED_BATCH
 
     load_start = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="kb-bench-resources-"))

@@ -75,7 +75,7 @@ def bench_kb(dataset: Path, cache: Path) -> dict[str, Any]:
             t = time.perf_counter()
             kb.search(q, k=10)
             lat.append((time.perf_counter() - t) * 1000)
-        manifest, _ = kb._ready()
+        manifest, _ = kb.engine.ready()
         texts = [r[0] for r in manifest.db.execute("SELECT embed_text FROM chunks ORDER BY path, ordinal")]
     return {
         "index_seconds": first.index_seconds,

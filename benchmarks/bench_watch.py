@@ -8,7 +8,7 @@ In ONE run, in a temporary workspace holding the resources corpus (copied into
 * **freshness**: ``--edits`` times, append a sentence with a new unique word to a generated file (a normal
   save), then run ``kb search WORD --json`` from other processes back to back until a hit contains the word;
   the latency is from the end of the save to the end of the first ``kb search`` that returns it (so it
-  includes one or two whole CLI runs). Meanwhile a thread asks the watcher's socket every 20 ms (kb.remote,
+  includes one or two whole CLI runs). Meanwhile a thread asks the watcher's socket every 20 ms (kb.serve.client,
   no process start): the time until the word is searchable at all. Bounds: p50 <= 1 s, p95 <= 2 s;
 * **deletes**: delete each edited file, and time until ``kb search WORD`` no longer returns it (same
   bounds);
@@ -109,8 +109,8 @@ def until(cond: Any, timeout: float = 30.0) -> float:
 
 
 def via_socket(ws: Path, word: str) -> bool:
-    """Does the watcher return ``word`` (kb.remote in this process: no process start)?"""
-    from kb.remote import connect
+    """Does the watcher return ``word`` (kb.serve.client in this process: no process start)?"""
+    from kb.serve.client import connect
 
     remote = connect(ws)
     if remote is None:
@@ -235,8 +235,8 @@ def main() -> int:
             f"import st {statistics.median(imp):.2f} s; search {statistics.median(search_w):.3f} s; "
             f"ask {statistics.median(ask_w):.3f} s"
         )
-        # The watcher's own answer time (kb.remote in this process: no process start, no rendering).
-        from kb.remote import connect
+        # The watcher's own answer time (kb.serve.client in this process: no process start, no rendering).
+        from kb.serve.client import connect
 
         served: dict[str, list[float]] = {"search": [], "ask": []}
         for _ in range(args.runs):

@@ -61,8 +61,8 @@ def convex(dense: list[tuple[str, float]], lexical: list[tuple[str, float]], how
 
 
 def absolute(dense: list[tuple[str, float]], lexical: list[tuple[str, float]], tmax: float, w: float) -> dict[str, float]:
-    """kb's fusion (kb.retrieval.fuse), re-implemented on the cached lists."""
-    from kb.retrieval import fuse
+    """kb's fusion (kb.answer.retrieval.fuse), re-implemented on the cached lists."""
+    from kb.answer.retrieval import fuse
 
     return {s.chunk_id: s.score for s in fuse(dense, lexical, tmax, w)}
 
@@ -79,8 +79,8 @@ def main() -> None:
     # Index (or reuse the cache) through kb eval itself, then reopen that index to pull raw candidate lists.
     report = evaluate_beir(dataset, split="train", modes=("dense",), cache_dir=args.cache_dir, limit=1)[0]
     from kb.api import KnowledgeBase
-    from kb import lexical
-    from kb.retrieval import retrieve
+    from kb.index import lexical
+    from kb.answer.retrieval import retrieve
 
     qrels = read_qrels(dataset / "qrels" / "train.tsv")
     queries = {str(q["_id"]): q["text"] for q in _jsonl(dataset / "queries.jsonl") if str(q["_id"]) in qrels}
@@ -88,7 +88,7 @@ def main() -> None:
     runs: dict[str, tuple[list[tuple[str, float]], list[tuple[str, float]]]] = {}
     tmax: dict[str, float] = {}
     with KnowledgeBase.open(report.index_dir, model_cache_dir=Path(report.index_dir).parent / "models") as kb:
-        manifest, store = kb._ready()
+        manifest, store = kb.engine.ready()
         qids = sorted(queries)
         vectors = kb.embedder.embed([queries[q] for q in qids])
         for qid, vec in zip(qids, vectors):

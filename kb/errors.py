@@ -9,7 +9,11 @@
     ├── EmptyIndexError          a search or question before anything was indexed
     ├── IndexLockedError         another kb process is writing this index (exit 4)
     ├── GeneratorError           the language model backend failed (unreachable, bad key, unknown model, ...)
-    └── IndexCorruptError        the index cannot be read and was not repaired
+    ├── IndexCorruptError        the index cannot be read and was not repaired
+    ├── DatasetError             an evaluation dataset or question file that cannot be read
+    └── BadRequest               a request to a kb server that is malformed (exit 2)
+
+Every class crosses kb's local socket as itself (:mod:`kb.serve.client` rebuilds it by name from this module).
 
 The CLI turns any ``KbError`` into one red line on stderr and ``exit_code``; users never see a traceback for a
 known failure.
@@ -58,3 +62,13 @@ class GeneratorError(KbError):
 
 class IndexCorruptError(KbError):
     pass
+
+
+class DatasetError(KbError):
+    """A dataset folder or question file that cannot be read."""
+
+
+class BadRequest(KbError):
+    """A request to a kb server that is malformed (unknown method, bad parameters)."""
+
+    exit_code = 2

@@ -14,18 +14,21 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from kb.errors import KbError
+from kb.answer.query import Query
+from kb.errors import DatasetError
+from kb.index.engine import IndexEngine
+from kb.models import Hit, Progress
+from kb.settings import load_settings
+from kb.workspace import find_workspace
 
-Progress = Callable[[str, int, int], None]
 
-
-class DatasetError(KbError):
-    """A dataset folder or question file that cannot be read."""
+class Search(Protocol):
+    def __call__(self, query: str, k: int = 10, *, mode: str | None = None) -> list[Hit]: ...
 
 
 @dataclass
@@ -225,9 +228,6 @@ def evaluate_beir(
     **overrides: Any,
 ) -> list[EvalReport]:
     """Index ``dataset`` (BEIR format) with kb into a cached eval workspace and score each retrieval mode."""
-    from kb.api import KnowledgeBase
-    from kb.settings import load_settings
-
     path = Path(dataset).expanduser()
     corpus, queries_file, qrels_file = beir_files(path, split)
     qrels = read_qrels(qrels_file)
@@ -246,16 +246,18 @@ def evaluate_beir(
     mapping = materialize(corpus, root)
     overrides.setdefault("model_cache_dir", settings.model_cache_dir or (root.parent / "models"))
     reports = []
-    with KnowledgeBase.open(root, **overrides) as kb:
+    engine = IndexEngine(find_workspace(root), load_settings(root / "kb.toml", **overrides))
+    query = Query(engine)
+    try:
         started = time.perf_counter()
-        report = kb.index(progress=progress)
+        report = engine.index(progress)
         index_seconds = time.perf_counter() - started
-        kb.search("warm up", k=10)  # loads the model before any query is timed
+        query.search("warm up", k=10)  # loads the model before any query is timed
         for mode in modes:
             ndcg, recall, mrr, lat = [], [], [], []
             for n, qid in enumerate(qids):
                 t0 = time.perf_counter()
-                hits = kb.search(queries[qid], k=100, mode=mode)
+                hits = query.search(queries[qid], k=100, mode=mode)
                 lat.append((time.perf_counter() - t0) * 1000)
                 ranked = list(dict.fromkeys(mapping[p] for h in hits for p in (h.path, *h.also_in) if p in mapping))
                 ndcg.append(ndcg_at(ranked, qrels[qid], 10))
@@ -276,6 +278,8 @@ def evaluate_beir(
                     index_dir=str(root),
                 )
             )
+    finally:
+        engine.close()
     return reports
 
 
@@ -303,8 +307,8 @@ def _matches(expected: str, path: str, heading: str) -> bool:
     return want_heading.strip().lower() in parts
 
 
-def evaluate_questions(kb: Any, path: str | os.PathLike[str], *, k: int = 5, mode: str | None = None) -> QuestionsReport:
-    """hit@1, hit@k and MRR of ``kb.search`` over a JSONL of ``{"question", "expected"}`` (unanswerable ones,
+def evaluate_questions(search: Search, path: str | os.PathLike[str], *, k: int = 5, mode: str) -> QuestionsReport:
+    """hit@1, hit@k and MRR of ``search`` (:meth:`kb.KnowledgeBase.search`) over a JSONL of ``{"question", "expected"}`` (unanswerable ones,
     with ``expected: []``, are not scored here: ``kb ask`` abstention covers them)."""
     file = Path(path).expanduser()
     items = [(q, e) for q, e in read_questions(file) if e]
@@ -313,13 +317,13 @@ def evaluate_questions(kb: Any, path: str | os.PathLike[str], *, k: int = 5, mod
     results, lat = [], []
     for question, expected in items:
         t0 = time.perf_counter()
-        hits = kb.search(question, k=k, mode=mode)
+        hits = search(question, k, mode=mode)
         lat.append((time.perf_counter() - t0) * 1000)
         rank = next((i + 1 for i, h in enumerate(hits) if any(_matches(e, h.path, h.heading) for e in expected)), None)
         results.append(QuestionResult(question, expected, rank, [f"{h.path}#{h.heading}" for h in hits]))
     n = len(results)
     return QuestionsReport(
-        questions_file=str(file), mode=mode or kb.settings.search_mode, k=k, questions=n,
+        questions_file=str(file), mode=mode, k=k, questions=n,
         hit_at_1=round(sum(r.rank == 1 for r in results) / n, 4),
         hit_at_k=round(sum(r.rank is not None for r in results) / n, 4),
         mrr=round(sum(1 / r.rank for r in results if r.rank) / n, 4),

@@ -5,8 +5,15 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+Progress = Callable[[str, int, int], None]
+"""A progress callback: ``(stage, done, total)``; the CLI draws it as a bar (the library never prints)."""
+
+OnToken = Callable[[str], None]
+"""Receives a language model's answer as it is written, piece by piece."""
 
 
 class _Dict:
@@ -15,7 +22,7 @@ class _Dict:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
-        """Rebuild from ``dataclasses.asdict`` output (how kb.remote carries results from ``kb watch``)."""
+        """Rebuild from ``dataclasses.asdict`` output (how kb.serve.client carries results from ``kb watch``)."""
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         return cls(**{n: _revive(hints[n], data[n]) for n in names if n in data})

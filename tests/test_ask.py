@@ -120,7 +120,7 @@ def test_question_set_file_hits_expected_sources(indexed: Path) -> None:
 
 def test_a_repeated_question_embeds_no_evidence_sentence_again(indexed: Path) -> None:
     """Evidence sentences and persona lines are cached in the manifest: never embed the same text twice."""
-    from kb.embedders import make_embedder
+    from kb.backends.embedders import make_embedder
     from tests.conftest import CountingEmbedder
 
     def run() -> tuple[list[str], list[str]]:

@@ -163,7 +163,7 @@ def test_good_files_are_indexed_and_searchable(bad_ws) -> None:
 
 def test_secret_and_outside_text_is_in_no_chunk(bad_ws) -> None:
     _, kb, _ = bad_ws
-    manifest, store = kb._ready()
+    manifest, store = kb.engine.ready()
     texts = [row.text + "\n" + row.embed_text for row in manifest.iter_chunks()]
     assert texts, "the index has chunks"
     for canary in (SECRET_CANARY, OUTSIDE_CANARY, "STRIPE_SECRET_KEY", "zorblax", "Résumé"):
@@ -207,7 +207,7 @@ def test_good_file_turned_to_garbage_is_skipped_and_the_index_stays_whole(
         reasons = {s.path: s.reason for s in second.skipped}
         assert "binary" in reasons.get(PAYMENTS, ""), reasons
         assert PAYMENTS not in second.updated and PAYMENTS not in second.added
-        manifest, store = kb._ready()
+        manifest, store = kb.engine.ready()
         assert manifest.all_chunk_ids() == store.ids()  # no half-written state
         hits = kb.search("who is on call this week", k=3)
         assert hits and hits[0].path == ONCALL  # search still works

@@ -10,7 +10,7 @@ import pytest
 
 from ingest.chunking import Chunk, chunk_document, split_lines
 from ingest.loaders import Document, load_document
-from kb.embedders import ModelFolder
+from kb.backends.embedders import ModelFolder
 
 MAX = 256
 

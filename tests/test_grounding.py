@@ -16,11 +16,11 @@ from conftest import FakeEmbedder, verify_citation
 from typer.testing import CliRunner
 
 from kb.errors import GeneratorError
-from kb.grounding import StreamFilter, build_prompt, clean_untrusted, estimate_tokens, sanitize_output
+from kb.answer.grounding import StreamFilter, build_prompt, clean_untrusted, estimate_tokens, sanitize_output
 from kb.models import Hit
 from kb.personas import get_persona
 from kb.prompts import CANNOT_ANSWER, GROUNDING_RULES, UNSUPPORTED_MARK
-from kb.verify import citation_ids, verify
+from kb.answer.verify import citation_ids, verify
 
 PAGINATION = Hit(
     1,

@@ -26,7 +26,7 @@ def open_counting(ws: Path, **overrides: object) -> tuple[KnowledgeBase, Countin
 
 def consistent(kb: KnowledgeBase) -> tuple[set[str], set[str]]:
     """(manifest chunk ids, Chroma ids) — they must be equal."""
-    manifest, store = kb._ready()
+    manifest, store = kb.engine.ready()
     return manifest.all_chunk_ids(), store.ids()
 
 
@@ -55,7 +55,7 @@ def test_touch_embeds_nothing(indexed: Path) -> None:
 
 def test_modified_file_reembeds_only_changed_chunks(indexed: Path) -> None:
     kb, emb = open_counting(indexed)
-    chunks_before = len(kb._ready()[0].chunks_of(NOTIF))
+    chunks_before = len(kb.engine.ready()[0].chunks_of(NOTIF))
     text = (indexed / NOTIF).read_text()
     (indexed / NOTIF).write_text(text.replace(
         "## Pagination", "## Pagination\n\nThe zanzibarquokka flag pins a cursor to a snapshot.\n", 1))
@@ -148,7 +148,7 @@ def test_second_writer_is_refused(indexed: Path) -> None:
 KILLER = """
 import os, signal, sys
 from kb import KnowledgeBase
-import kb.manifest as manifest
+import kb.index.manifest as manifest
 point = sys.argv[2]
 if point == "before-commit":
     original = manifest.Manifest.put_source
@@ -182,7 +182,7 @@ def test_killed_run_leaves_previous_state_and_next_run_completes(indexed: Path, 
     assert report.added == [".workos/context/glossary.md"] and report.updated == [NOTIF]
     ids, chroma = consistent(kb)
     assert ids == chroma
-    manifest, _ = kb._ready()
+    manifest, _ = kb.engine.ready()
     rows = manifest.db.execute("SELECT path, ordinal, count(*) FROM chunks GROUP BY path, ordinal HAVING count(*) > 1").fetchall()
     assert rows == []
     assert kb.search("walrusbanana retention", k=1)[0].path == NOTIF

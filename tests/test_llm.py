@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kb.errors import ConfigError, GeneratorError
-from kb.llm import LlamaCppGenerator, OpenAICompatible, bundled_gguf, make_generator
+from kb.backends.llm import LlamaCppGenerator, OpenAICompatible, bundled_gguf, make_generator
 from kb.settings import load_settings
 
 
@@ -300,7 +300,7 @@ def test_kb_ask_with_a_model_server_end_to_end(
 def test_a_llama_index_llm_plugs_in_as_a_generator() -> None:
     from llama_index.core.llms import MockLLM
 
-    from kb.llm import LlamaIndexGenerator
+    from kb.backends.llm import LlamaIndexGenerator
 
     seen: list[str] = []
     g = LlamaIndexGenerator(MockLLM(max_tokens=4))

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from conftest import verify_citation
 
-from kb.llm import bundled_gguf
+from kb.backends.llm import bundled_gguf
 from kb.prompts import CANNOT_ANSWER, DRAFT_HEADER
 
 pytestmark = [

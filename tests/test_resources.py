@@ -107,7 +107,7 @@ def test_fetch_all_four_resource_sets(fetched: tuple[Path, object], model_cache:
     assert outcomes["https://www.databass.dev/"].status == "unavailable"
     assert "book" in outcomes["https://www.databass.dev/"].reason
     with KnowledgeBase.open(ws, model_cache_dir=model_cache) as kb:
-        listed = by_url(kb.resources())
+        listed = by_url(kb.resources.catalog())
     for url, folder in SETS.items():
         assert outcomes[url].status == "fetched" and not outcomes[url].pages_failed, outcomes[url]
         info = listed[url]
@@ -230,7 +230,7 @@ def test_failed_refetch_keeps_the_copy_and_one_failure_never_fails_the_rest(
     with open_fake(workspace) as kb:
         report = kb.fetch_resources(force=True)
         outcomes = {o.url: o for o in report.resources}
-        listed = by_url(kb.resources())
+        listed = by_url(kb.resources.catalog())
     assert (
         outcomes["https://12factor.net/"].status == "error"
         and "HTTP 500" in outcomes["https://12factor.net/"].reason
@@ -287,13 +287,13 @@ def test_max_age_pin_and_drop(workspace: Path, server: LocalServer) -> None:
     )
     with open_fake(workspace) as kb:
         report = kb.fetch_resources(force=True)
-        listed = by_url(kb.resources())
+        listed = by_url(kb.resources.catalog())
     assert {o.url: o.status for o in report.resources}["https://12factor.net/"] == "pinned"
     assert len(server.requests) == before and "https://www.databass.dev/" not in listed
     assert listed["https://12factor.net/"].pinned and listed["https://12factor.net/"].status == "fetched"
     write_toml(workspace, server.base, small, extra="max_age_hours = 0")
     with open_fake(workspace) as kb:
-        assert by_url(kb.resources())["https://12factor.net/"].status == "stale"
+        assert by_url(kb.resources.catalog())["https://12factor.net/"].status == "stale"
         outcomes = {o.url: o.status for o in kb.fetch_resources().resources}
     assert outcomes["https://12factor.net/"] == "unchanged", "stale: re-checked, and the 304s change nothing"
     assert len(server.requests) > before
@@ -304,7 +304,7 @@ def test_import_and_local_mirror_store_the_copy_as_the_url(workspace: Path) -> N
     with open_fake(workspace) as kb:
         first = kb.import_resource(copy, "https://12factor.net/")
         again = kb.import_resource(copy, "https://12factor.net/")
-        listed = by_url(kb.resources())
+        listed = by_url(kb.resources.catalog())
     assert (
         first.resources[0].pages_written == 16 and first.index is not None and first.index.chunks_embedded > 0
     )

@@ -10,8 +10,8 @@ import pytest
 
 from kb import KnowledgeBase
 from kb.errors import KbError
-from kb.lexical import analyze
-from kb.retrieval import Filters, fuse, near_duplicate
+from kb.index.lexical import analyze
+from kb.answer.retrieval import Filters, fuse, near_duplicate
 from tests.conftest import ROOT, FakeEmbedder
 
 NOTIF = "projects/prds/notifications.md"
@@ -48,8 +48,8 @@ def test_bm25_side_follows_every_change(workspace: Path) -> None:
     (ctx / "okapi.md").unlink()
     kb.index()
     assert bm25_paths(kb, "platypuscrab") == []
-    manifest, _ = kb._ready()
-    from kb import lexical
+    manifest, _ = kb.engine.ready()
+    from kb.index import lexical
 
     assert lexical.in_step(manifest.db)
     (orphans,) = manifest.db.execute(

@@ -1,7 +1,7 @@
 """The watcher's local server and its client: security, validation, faithful results, a thin client.
 
-A real :class:`kb.watch.Watcher` serves on a real Unix socket (fake embedder; real Chroma); clients are this
-process (kb.remote), raw sockets, and real ``kb`` subprocesses.
+A real :class:`kb.serve.watcher.Watcher` serves on a real Unix socket (fake embedder; real Chroma); clients are this
+process (kb.serve.client), raw sockets, and real ``kb`` subprocesses.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from test_watch import small_workspace, watcher_thread
 from kb import KnowledgeBase
 from kb.errors import EmptyIndexError, KbError
 from kb.models import Answer, Hit, IndexReport, Status
-from kb.remote import MAX_REQUEST, connect, socket_path
-from kb.server import is_socket_private, raw_request
+from kb.serve.client import MAX_REQUEST, connect, socket_path
+from kb.serve.server import is_socket_private, raw_request
 
 
 def reply(path: Path, payload: bytes) -> dict:
@@ -94,7 +94,7 @@ def test_other_users_are_refused_by_peer_credentials(tmp_path: Path) -> None:
 def test_remote_results_equal_local_results_and_errors_keep_their_class(tmp_path: Path) -> None:
     ws = small_workspace(tmp_path)
     with watcher_thread(ws) as (w, _, _):
-        reader = w._reader
+        reader = w.reader
         assert reader is not None
         remote = connect(ws)
         assert remote is not None and remote.pid == os.getpid()
@@ -110,7 +110,6 @@ def test_remote_results_equal_local_results_and_errors_keep_their_class(tmp_path
             assert isinstance(st, Status) and st.sources_count == 5 and st.watcher and st.watcher.running
             report = remote.index()
             assert isinstance(report, IndexReport) and report.chunks_embedded == 0 and report.unchanged == 5
-            assert remote.settings.top_k == reader.settings.top_k
             with pytest.raises(KbError, match="question is empty"):
                 remote.search("   ")
 
@@ -123,7 +122,7 @@ def test_python_api_routes_to_the_live_watcher(tmp_path: Path) -> None:
         hits = other.search("alpha beta", k=2)
         assert hits and w.served == before + 1
         assert other.status().watcher.running  # type: ignore[union-attr]
-        assert other._store is None  # never opened Chroma itself
+        assert not other.engine.opened  # never opened the manifest or Chroma itself
 
 
 def test_no_watcher_means_local_and_a_dead_socket_is_ignored(tmp_path: Path) -> None:
@@ -150,8 +149,8 @@ def test_cli_client_path_is_thin_while_a_watcher_serves(tmp_path: Path) -> None:
         "torch",
         "sentence_transformers",
         "tokenizers",
-        "kb.store",
-        "kb.embedders",
+        "kb.backends.store",
+        "kb.backends.embedders",
     ]
     probe = (
         "import sys, json\n"
@@ -174,7 +173,7 @@ def test_cli_client_path_is_thin_while_a_watcher_serves(tmp_path: Path) -> None:
             )
             tail = r.stderr.rsplit("MODULES ", 1)[1]
             assert tail.startswith("[]"), (args, tail)
-            if args[0] != "ask":  # (kb ask's rendering imports kb.grounding, which imports numpy)
+            if args[0] != "ask":  # (kb ask's rendering imports kb.answer.grounding, which imports numpy)
                 assert "NUMPY False" in r.stderr, args
             assert any(f"CODE {c} " in tail for c in ("0", "3", "None")), r.stderr
             json.loads(r.stdout)

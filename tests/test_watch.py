@@ -3,7 +3,7 @@
 * ``kb watch`` as a subprocess with the real bundled model: edits, renames and deletes become visible to
   ``kb search`` in another process; one owner (a second watcher and ``kb index`` are handled); SIGTERM stops
   it cleanly; a workspace moved away stops it with a clear message.
-* A :class:`kb.watch.Watcher` on a thread with the FakeEmbedder (real watchdog, real Chroma): what is
+* A :class:`kb.serve.watcher.Watcher` on a thread with the FakeEmbedder (real watchdog, real Chroma): what is
   embedded (nothing for renames, touches, same-content saves), atomic saves, moves in and out, folder
   renames and deletes, the polling fallback, the periodic reconcile; and, in a separate process, an inotify
   queue overflow."""
@@ -29,8 +29,8 @@ import pytest
 from conftest import FakeEmbedder
 
 from kb import KnowledgeBase
-from kb.remote import socket_path
-from kb.watch import Reindexed, Watcher
+from kb.serve.client import socket_path
+from kb.serve.watcher import Reindexed, Watcher
 
 PRD = "projects/prds/notifications.md"
 _SCRATCH = itertools.count()
@@ -41,10 +41,10 @@ import sys, logging
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from conftest import FakeEmbedder
 from kb import KnowledgeBase
-from kb.watch_render import log_to_stderr
+from kb.cli.watch_render import log_to_stderr
 log_to_stderr()
 kb = KnowledgeBase.open(sys.argv[1], embedder=FakeEmbedder())
-kb.watch(reconcile_every=float(sys.argv[2]))
+kb.serve.watcher(reconcile_every=float(sys.argv[2]))
 """
 
 
@@ -158,7 +158,7 @@ def watcher_thread(ws: Path, **options: Any) -> Iterator[tuple[Watcher, FakeEmbe
     kb = KnowledgeBase.open(ws, embedder=emb)
     events: list[Reindexed] = []
     options.setdefault("reconcile_every", 3600.0)
-    w = Watcher(kb, on_reindex=events.append, **options)
+    w = Watcher(kb.engine, kb.query, on_reindex=events.append, **options)
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -180,7 +180,7 @@ def watcher_thread(ws: Path, **options: Any) -> Iterator[tuple[Watcher, FakeEmbe
         assert not t.is_alive()
         assert not failure, failure
         # Chroma holds exactly the manifest's chunks after a clean stop.
-        store = kb._store_for(kb._manifest_rw().get_meta("fingerprint") or "")
+        store = kb.engine.store
         assert store.ids() == view(ws)[1]
         kb.close()
 
@@ -262,8 +262,7 @@ def test_kb_watch_keeps_search_fresh_and_owns_the_index(indexed: Path, tmp_path:
     assert st["watcher"]["running"] is False and st["watcher"]["pid"] == proc.p.pid
     # Nothing half-written: Chroma holds exactly the manifest's chunks.
     with KnowledgeBase.open(indexed) as kb:
-        fp = kb._manifest_rw().get_meta("fingerprint")
-        assert kb._store_for(fp or "").ids() == view(indexed)[1]
+        assert kb.engine.store.ids() == view(indexed)[1]
 
 
 @pytest.mark.slow
@@ -403,10 +402,10 @@ def test_inotify_overflow_triggers_a_rescan(tmp_path: Path) -> None:
 def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Permission errors (we may run as root, where chmod cannot deny a read: the read itself is made to fail)
     keep a file's indexed content; a run that fails is reported and the next change is indexed."""
-    import kb.indexer
+    import kb.index.indexer
 
     ws = small_workspace(tmp_path)
-    real_read = kb.indexer.read_candidate
+    real_read = kb.index.indexer.read_candidate
     denied: set[str] = set()
 
     def read(cand: Any, max_bytes: int) -> bytes:
@@ -414,7 +413,7 @@ def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: 
             raise PermissionError(13, "Permission denied")
         return real_read(cand, max_bytes)
 
-    monkeypatch.setattr(kb.indexer, "read_candidate", read)
+    monkeypatch.setattr(kb.index.indexer, "read_candidate", read)
     with watcher_thread(ws) as (w, _, _):
         before = view(ws)[0]["projects/prds/doc1.md"]
         denied.add("projects/prds/doc1.md")
@@ -427,7 +426,7 @@ def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: 
         settle(ws, tmp_path / "scratch")
 
         calls = {"n": 0}
-        real_run = kb.indexer.Indexer.run
+        real_run = kb.index.indexer.Indexer.run
 
         def flaky(self: Any, *a: Any, **k: Any) -> Any:
             calls["n"] += 1
@@ -435,7 +434,7 @@ def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: 
                 raise OSError(5, "Input/output error")
             return real_run(self, *a, **k)
 
-        monkeypatch.setattr(kb.indexer.Indexer, "run", flaky)
+        monkeypatch.setattr(kb.index.indexer.Indexer, "run", flaky)
         (ws / "projects/prds/doc2.md").write_text("# Doc 2\n\nFirst try fails.\n")
         wait_for(lambda: w.last_error and "Input/output error" in w.last_error, 10)
         (ws / "projects/prds/doc3.md").write_text("# Doc 3\n\nSecond change.\n")

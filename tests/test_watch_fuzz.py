@@ -192,6 +192,5 @@ def test_watched_index_equals_a_from_scratch_index(tmp_path: Path, seed: int, va
     # After a clean stop: Chroma holds exactly the manifest's chunks, and it still equals from scratch.
     sources, ids = view(ws)
     with KnowledgeBase.open(ws) as kb:
-        fp = kb._manifest_rw().get_meta("fingerprint") or ""
-        assert kb._store_for(fp).ids() == ids
+        assert kb.engine.store.ids() == ids
     assert len(sources) > 5

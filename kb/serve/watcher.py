@@ -12,7 +12,7 @@ The only module that imports watchdog. The design, in the order things can go wr
   only logs it) triggers a full rescan; a watch-limit error falls back to polling with a warning; every
   ``reconcile_every`` seconds a stat-only comparison of the tree with the manifest catches anything missed.
 * **One owner.** The watcher holds the index's write lock for its lifetime and serves
-  search/ask/status/index to other processes over a private Unix socket (:mod:`kb.server`); ``kb status``
+  search/ask/status/index to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb status``
   shows it.
 * **Stops cleanly.** SIGINT/SIGTERM finish the run in progress and stop; SIGKILL loses only pending work,
   which the next start reconciles. A workspace folder moved or deleted stops it with a clear message."""
@@ -37,14 +37,15 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ingest.discovery import PRUNED_DIRS, discover
-from kb.api import KnowledgeBase
-from kb.errors import IndexLockedError, KbError, WorkspaceNotFoundError
-from kb.indexer import Indexer, fingerprint
-from kb.models import IndexReport, WatcherStatus
-from kb.remote import connect, encode, socket_path, status_file
-from kb.server import BadRequest, WatchServer
+from kb.answer.query import Query
+from kb.backends.embedders import LockedEmbedder
+from kb.errors import BadRequest, IndexLockedError, KbError, WorkspaceNotFoundError
+from kb.index.engine import IndexEngine
+from kb.models import IndexReport, Status, WatcherStatus
+from kb.serve.client import connect, encode, socket_path, status_file
+from kb.serve.server import WatchServer
+from kb.serve.support import Reindexed, discover_paths, literal_dir
 from kb.settings import DEFAULT_INCLUDE
-from kb.watch_support import LockedEmbedder, Reindexed, discover_paths, literal_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class Watcher:
 
     def __init__(
         self,
-        kb: KnowledgeBase,
+        engine: IndexEngine,
+        query: Query | None = None,
         *,
         debounce: float = 0.1,
         max_delay: float = 1.0,
@@ -92,20 +94,19 @@ class Watcher:
         on_reindex: Callable[[Reindexed], None] | None = None,
         observer_factory: Callable[[], Any] = Observer,
     ):
-        self.kb = kb
-        kb.route_to_watcher = False
-        if not isinstance(kb._embedder, LockedEmbedder):
-            kb._embedder = LockedEmbedder(kb.embedder)
-        self.root = kb.workspace.root
+        self.engine = engine
+        self.query = query or Query(engine)
+        self.shared_embedder = engine.share_embedder()
+        self.root = engine.workspace.root
         self.debounce, self.max_delay = debounce, max_delay
         self.reconcile_every, self.poll_every = reconcile_every, poll_every
         self.mode = "polling" if polling else "inotify"
         self.serve = serve
         self.on_reindex = on_reindex or (lambda r: None)
         self.observer_factory = observer_factory
-        self.include = DEFAULT_INCLUDE + kb.settings.include
-        self.exclude = list(kb.settings.exclude)
-        self.max_bytes = int(kb.settings.max_file_mb * 1024 * 1024)
+        self.include = DEFAULT_INCLUDE + engine.settings.include
+        self.exclude = list(engine.settings.exclude)
+        self.max_bytes = int(engine.settings.max_file_mb * 1024 * 1024)
         self._roots = self._watch_roots()
         self.started_at = time.time()
         self.last_event_at: float | None = None
@@ -126,12 +127,12 @@ class Watcher:
         self._unloadable: dict[str, tuple[int, int]] = {}
         self._observer: Any = None
         self._server: WatchServer | None = None
-        self._reader: KnowledgeBase | None = None
+        self.reader: Query | None = None
         self._query_lock = threading.Lock()
         self._spy = _OverflowSpy(self)
         st = os.stat(self.root)
         self._identity = (st.st_dev, st.st_ino)
-        self._config_stamp = _stamp(kb.workspace.config_path)
+        self._config_stamp = _stamp(engine.workspace.config_path)
 
     # --- events -------------------------------------------------------------------------------------------
     def mark(self, abspath: str, is_dir: bool, kind: str) -> None:
@@ -163,7 +164,7 @@ class Watcher:
 
     # --- the loop -----------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        existing = connect(self.kb.workspace)
+        existing = connect(self.engine.workspace)
         if existing is not None:
             pid = existing.pid
             existing.close()
@@ -171,7 +172,7 @@ class Watcher:
                 f"kb watch is already running for {self.root} (pid {pid}). Only one process "
                 "may write an index; use that one (kb status shows it) or stop it first."
             )
-        with self.kb._write_lock():
+        with self.engine.write_lock():
             try:
                 self._start()
                 self._full("start-up reconcile")
@@ -198,15 +199,14 @@ class Watcher:
                 self._shutdown()
 
     def _start(self) -> None:
-        fp = fingerprint(self.kb.embedder.model_id, self.kb.settings)
-        store = self.kb._store_for(fp)
-        shared = self.kb._embedder
-        assert isinstance(shared, LockedEmbedder)
+        # Queries are answered by a second engine on the same store (its own manifest connection) with a
+        # cached view of the one embedder: a repeated persona or question is not embedded again.
+        shared = self.shared_embedder
         cached = LockedEmbedder(shared.inner, shared.lock, cache_size=2048)
-        self._reader = KnowledgeBase(self.kb.workspace, self.kb.settings, embedder=cached, store=store)
-        self._reader.route_to_watcher = False
+        reader = IndexEngine(self.engine.workspace, self.engine.settings, embedder=cached, store=self.engine.store)
+        self.reader = self.query.over(reader)
         if self.serve:
-            self._server = WatchServer(socket_path(self.kb.workspace.state_dir), self._dispatch)
+            self._server = WatchServer(socket_path(self.engine.workspace.state_dir), self._dispatch)
             self._server.start()
         log.info(
             "kb watch (pid %d) watching %s; serving other processes on %s",
@@ -222,13 +222,13 @@ class Watcher:
     def _warm_up(self) -> None:
         """Load the model, open the index and answer one question (the persona choice and priorities get
         embedded and cached) before saying "ready", so the first request from another process is fast."""
-        reader = self._reader
+        reader = self.reader
         assert reader is not None
         started = time.perf_counter()
         with self._query_lock:
             try:
-                reader.embedder.embed(["warm up"])
-                reader.status()
+                reader.engine.embedder.embed(["warm up"])
+                reader.engine.status(None)
                 reader.ask("What should I consider first?", persona="auto")
             except Exception as exc:  # e.g. nothing indexed yet: the first request reports it
                 log.debug("warm-up: %s", exc)
@@ -298,7 +298,7 @@ class Watcher:
     def _targeted(self, files: set[str], dirs: set[str], reason: str) -> None:
         covered = set(files)
         if dirs:
-            known = list(self.kb._manifest_rw().sources())
+            known = list(self.engine.manifest().sources())
             for d in dirs:
                 covered.update(p for p in known if p.startswith(d + "/"))
                 base = self.root / d
@@ -314,16 +314,12 @@ class Watcher:
         covered.update(c.path for c in cands)
 
         def work() -> IndexReport:
-            fp = fingerprint(self.kb.embedder.model_id, self.kb.settings)
-            indexer = Indexer(
-                self.root, self.kb.settings, self.kb._manifest_rw(), self.kb._store_for(fp), self.kb.embedder
-            )
-            return indexer.run(scope=(cands, skipped, sorted(covered)))
+            return self.engine.index(scope=(cands, skipped, sorted(covered)))
 
         self._run(work, reason, {c.path: (c.size, c.mtime_ns) for c in cands})
 
     def _full(self, reason: str) -> IndexReport | None:
-        return self._run(lambda: self.kb.index(), reason, None)
+        return self._run(lambda: self.engine.index(), reason, None)
 
     def _run(
         self, work: Callable[[], IndexReport], reason: str, stats: dict[str, tuple[int, int]] | None
@@ -363,7 +359,7 @@ class Watcher:
         except OSError as exc:
             log.warning("periodic reconcile could not list the workspace: %s", exc)
             return
-        old = self.kb._manifest_rw().sources()
+        old = self.engine.manifest().sources()
         held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
         dirty = {
             c.path
@@ -386,7 +382,7 @@ class Watcher:
         if method == "ping":
             return {"pid": os.getpid(), "workspace": str(self.root)}
         if method == "config":
-            return json.loads(self.kb.settings.model_dump_json())
+            return json.loads(self.engine.settings.model_dump_json())
         if method == "index":
             done: dict[str, Any] = {}
             event = threading.Event()
@@ -399,17 +395,15 @@ class Watcher:
             if "error" in done:
                 raise done["error"]
             return encode(done["report"])
-        reader = self._reader
+        reader = self.reader
         assert reader is not None
-        verb = getattr(reader, method)
+        verb = self.status_of_index if method == "status" else getattr(reader, method)
         try:
             inspect.signature(verb).bind(**params)
         except TypeError as exc:
             raise BadRequest(f"Bad parameters for {method}: {exc}.") from None
         with self._query_lock:
             result = verb(**params)
-            if method == "status":
-                result.watcher = self.status()
         return encode(result)
 
     def _answer_index_requests(self) -> None:
@@ -436,13 +430,18 @@ class Watcher:
                 "stopped (nothing was half-written). Start it again where the workspace is now: "
                 "kb watch --workspace NEW_PATH"
             )
-        stamp = _stamp(self.kb.workspace.config_path)
+        stamp = _stamp(self.engine.workspace.config_path)
         if stamp != self._config_stamp:  # settings are read once; say so rather than index with stale ones
             self._config_stamp = stamp
             self.last_error = (
                 "kb.toml changed: restart kb watch to apply it (it still uses the settings it started with)"
             )
             log.warning(self.last_error)
+
+    def status_of_index(self) -> Status:
+        """``kb status`` as answered by the watcher: the index, and the watcher itself."""
+        assert self.reader is not None
+        return self.reader.engine.status(self.status())
 
     def status(self) -> WatcherStatus:
         return WatcherStatus(
@@ -458,7 +457,7 @@ class Watcher:
         )
 
     def _write_status(self, running: bool = True) -> None:
-        path = status_file(self.kb.workspace)
+        path = status_file(self.engine.workspace)
         if not path.parent.is_dir():  # never re-create a deleted workspace
             return
         data = {**dataclasses.asdict(self.status()), "running": running}
@@ -486,9 +485,8 @@ class Watcher:
             event.set()
         self._write_status(running=False)
         log.info("kb watch (pid %d) stopped; the index is complete up to the last re-index", os.getpid())
-        if self._reader is not None:
-            self._reader._store = None  # shared with self.kb, which closes it
-            self._reader.close()
+        if self.reader is not None:
+            self.reader.engine.close()  # the store is the main engine's: it stays open until that closes
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -499,10 +497,10 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def watch(kb: KnowledgeBase, stop: threading.Event | None = None, **options: Any) -> None:
+def watch(engine: IndexEngine, query: Query | None = None, stop: threading.Event | None = None, **options: Any) -> None:
     """Run a :class:`Watcher` until SIGINT/SIGTERM (or ``stop`` is set)."""
     stop = stop or threading.Event()
-    watcher = Watcher(kb, **options)
+    watcher = Watcher(engine, query, **options)
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -512,4 +510,4 @@ def watch(kb: KnowledgeBase, stop: threading.Event | None = None, **options: Any
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        kb.close()
+        engine.close()

@@ -1,4 +1,4 @@
-"""Answerers. ``Answerer`` is the protocol; ``ExtractiveAnswerer`` is the default and needs no language model.
+"""``ExtractiveAnswerer``, the default answerer: it needs no language model.
 
 The extractive answerer composes its answer only from sentences that are in the retrieved chunks, each quoted
 verbatim with its file and exact line range, so it cannot say anything its sources do not say. The persona shapes
@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
-from kb.models import Answer, Citation, Hit
+from kb.models import Answer, AnswerSentence, Citation, Hit
 from kb.personas import Consideration, Persona
 from kb.prompts import CANNOT_ANSWER
 
@@ -30,12 +29,6 @@ class Evidence:
     hits: list[Hit]
     aspects: dict[str, list[Hit]] = field(default_factory=dict)
     aspect_vectors: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class Answerer(Protocol):
-    name: str
-
-    def answer(self, evidence: Evidence, persona: Persona | None) -> Answer: ...
 
 
 @dataclass
@@ -200,12 +193,19 @@ class ExtractiveAnswerer:
         if title:
             parts.append(f"**{title}** · {len(sources)} source{'s' if len(sources) != 1 else ''} in the knowledge base")
             parts.append("")
-        parts.extend(f"- {sentences[i].text} [{cite(i)}]" for i in direct)
+        said: list[AnswerSentence] = []
+
+        def say(i: int) -> str:
+            said.append(AnswerSentence(sentences[i].text, [cite(i)], True))
+            return f"- {sentences[i].text} [{said[-1].citations[0]}]"
+
+        parts.extend(say(i) for i in direct)
         for label, picks in sections:
             parts.append("")
             parts.append(f"**{label}**")
-            parts.extend(f"- {sentences[i].text} [{cite(i)}]" for i in picks)
+            parts.extend(say(i) for i in picks)
         return Answer(
+            sentences=said,
             question=question,
             persona=persona.name if persona else None,
             answer="\n".join(parts),

@@ -10,7 +10,7 @@ Going in (:func:`build_prompt`):
 * chunks are fitted to the model's window in order of relevance; the question is never truncated.
 
 Coming out (:func:`sanitize_output`, :class:`StreamFilter`): images, links, URLs, HTML, echoed fence lines and
-control characters are removed. Checking every sentence against its citation is :mod:`kb.verify`.
+control characters are removed. Checking every sentence against its citation is :mod:`kb.answer.verify`.
 """
 
 from __future__ import annotations

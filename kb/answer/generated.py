@@ -1,23 +1,21 @@
-"""``LLMAnswerer``: an :class:`kb.answer.Answerer` whose answers a language model writes and kb then checks.
+"""``LLMAnswerer``: an :class:`kb.answer.answerers.Answerer` whose answers a language model writes and kb then checks.
 
-retrieval (kb.api) → :func:`kb.grounding.build_prompt` → ``Generator.generate`` (streamed) →
-:func:`kb.grounding.verify` → :class:`kb.models.Answer` with ``sentences`` and verbatim, line-exact citations.
+retrieval (kb.api) → :func:`kb.answer.grounding.build_prompt` → ``Generator.generate`` (streamed) →
+:func:`kb.answer.grounding.verify` → :class:`kb.models.Answer` with ``sentences`` and verbatim, line-exact citations.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 
-from kb.answer import Embed, Evidence
-from kb.grounding import Prompt, build_prompt, estimate_tokens
-from kb.llm import Generator, OnToken, make_generator
-from kb.models import Answer, AnswerSentence, Hit
+from kb.answer.extractive import Embed, Evidence
+from kb.answer.grounding import Prompt, build_prompt, estimate_tokens
+from kb.answer.verify import verify
+from kb.backends.llm import Generator
+from kb.models import Answer, Hit, OnToken
 from kb.personas import Persona
 from kb.prompts import CANNOT_ANSWER
-from kb.settings import Settings
-from kb.verify import verify
 
 log = logging.getLogger(__name__)
 
@@ -99,36 +97,3 @@ class LLMAnswerer:
             text = f"**{title}** · {n} source{'s' if n != 1 else ''} in the knowledge base\n\n{text}"
         base.answer, base.abstained, base.citations, base.nearest = text, False, checked.citations, []
         return base
-
-
-def llm_answerer(
-    spec: str, settings: Settings, embed: Embed, cache: dict[str, Generator], on_token: OnToken | None = None
-) -> LLMAnswerer | None:
-    """The answerer for backend ``spec`` (``None`` for ``extractive``); generators are kept in ``cache``."""
-    key = spec.strip()
-    if key not in cache:
-        generator = make_generator(key, settings)
-        if generator is None:
-            return None
-        cache[key] = generator
-    return LLMAnswerer(
-        cache[key],
-        embed,
-        max_tokens=settings.llm_max_tokens,
-        temperature=settings.llm_temperature,
-        unsupported=settings.llm_unsupported,
-        on_token=on_token,
-    )
-
-
-_QUOTED = re.compile(r"^\s*-\s+(.*?)\s*((?:\[\d+\])+)\s*$")
-
-
-def extractive_sentences(answer: Answer) -> list[AnswerSentence]:
-    """The sentences of an extractive answer: each bullet is one verbatim quote with its citation."""
-    out = []
-    for line in answer.answer.splitlines():
-        m = _QUOTED.match(line)
-        if m:
-            out.append(AnswerSentence(m.group(1), [int(i) for i in re.findall(r"\d+", m.group(2))], True))
-    return out

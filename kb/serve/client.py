@@ -1,9 +1,9 @@
 """The client side of ``kb watch``: find the live watcher of a workspace and ask it.
 
 While ``kb watch`` runs it owns the index (Chroma does not support two processes on one folder) and answers
-``search``, ``ask``, ``status`` and ``index`` requests on a Unix socket (see :mod:`kb.server`). This module
-is the client: :func:`connect` finds a live watcher, :class:`Remote` sends one request and rebuilds kb's
-result objects, and :func:`routed` makes :class:`kb.KnowledgeBase` methods use it. It imports nothing heavy
+``search``, ``ask``, ``status`` and ``index`` requests on a Unix socket (see :mod:`kb.serve.server`). This module
+is the client: :func:`connect` finds a live watcher, :class:`Remote` (a :class:`kb.service.Service`) sends one
+request per verb and rebuilds kb's result objects and errors. It imports nothing heavy
 (no chromadb, numpy, onnxruntime, model), so a ``kb search`` from another terminal costs a process start and
 a socket round trip.
 
@@ -14,21 +14,18 @@ Wire format, one JSON object per line: ``{"v": 1, "method": "search", "params": 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import inspect
 import json
 import os
 import socket
 import stat
 import struct
-import types
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kb import errors
-from kb.models import Answer, Hit, IndexReport, Status, WatcherStatus
+from kb.models import Answer, Hit, IndexReport, OnToken, Progress, Status, WatcherStatus
 from kb.workspace import Workspace, find_workspace
 
 PROTOCOL = 1
@@ -38,7 +35,6 @@ MAX_REQUEST = 256 * 1024  # bytes of one request line
 MAX_RESPONSE = 256 * 1024 * 1024
 CONNECT_TIMEOUT = 2.0
 TIMEOUTS = {"index": None, "ask": 120.0}  # seconds to wait for an answer; default 60
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def socket_path(state_dir: Path) -> Path:
@@ -66,7 +62,6 @@ class Remote:
         self.pid = pid
         self._sock = sock
         self._file = sock.makefile("rb")
-        self._settings: Any = None
 
     def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         """Send one request; the result (JSON) or the watcher's error raised as the same KbError class."""
@@ -104,13 +99,6 @@ class Remote:
             return msg.get("result")
         raise _error(msg.get("error") or {})
 
-    @property
-    def settings(self) -> Any:
-        """The watcher's effective settings (attributes as on :class:`kb.settings.Settings`)."""
-        if self._settings is None:
-            self._settings = types.SimpleNamespace(**self.call("config"))
-        return self._settings
-
     def close(self) -> None:
         self._file.close()
         self._sock.close()
@@ -121,34 +109,50 @@ class Remote:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # The verbs, with kb's own result types (the CLI renders them exactly as local results).
-    def search(self, query: str, k: int = 10, **params: Any) -> list[Hit]:
-        return _revive("search", self.call("search", {"query": query, "k": k, **params}))  # type: ignore[no-any-return]
+    # The verbs (kb.service.Service), with kb's own result types: the CLI renders them exactly as local results.
+    streams_tokens = False  # a model's tokens are not streamed across the socket; the verified answer is
 
-    def ask(self, question: str, **params: Any) -> Answer:
-        return _revive("ask", self.call("ask", {"question": question, **params}))  # type: ignore[no-any-return]
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        mode: str | None = None,
+        source_type: str | Sequence[str] | None = None,
+        path: str | Sequence[str] | None = None,
+    ) -> list[Hit]:
+        params = {"query": query, "k": k, "mode": mode, "source_type": _plain(source_type), "path": _plain(path)}
+        return [Hit.from_dict(h) for h in self.call("search", params)["hits"]]
+
+    def ask(
+        self,
+        question: str,
+        *,
+        persona: str | None = None,
+        k: int | None = None,
+        mode: str | None = None,
+        source_type: str | Sequence[str] | None = None,
+        path: str | Sequence[str] | None = None,
+        llm: str | None = None,
+        on_token: OnToken | None = None,
+    ) -> Answer:
+        params = {"question": question, "persona": persona, "k": k, "mode": mode, "llm": llm,
+                  "source_type": _plain(source_type), "path": _plain(path)}
+        return Answer.from_dict(self.call("ask", params))
 
     def status(self) -> Status:
-        return _revive("status", self.call("status"))  # type: ignore[no-any-return]
+        return Status.from_dict(self.call("status"))
 
-    def index(self, progress: Any = None) -> IndexReport:
-        return _revive("index", self.call("index"))  # type: ignore[no-any-return]
+    def index(self, progress: Progress | None = None) -> IndexReport:
+        return IndexReport.from_dict(self.call("index"))
 
 
-def _revive(method: str, result: Any) -> Any:
-    if method == "search":
-        return [Hit.from_dict(h) for h in result["hits"]]
-    if method == "ask":
-        return Answer.from_dict(result)
-    if method == "status":
-        return Status.from_dict(result)
-    if method == "index":
-        return IndexReport.from_dict(result)
-    return result
+def _plain(value: str | Sequence[str] | None) -> str | list[str] | None:
+    return value if value is None or isinstance(value, str) else list(value)
 
 
 def _error(data: dict[str, Any]) -> errors.KbError:
-    cls = getattr(errors, str(data.get("type", "")), None)
+    cls = getattr(errors, str(data.get("type", "")), None)  # every kb error class lives in kb.errors
     if not (isinstance(cls, type) and issubclass(cls, errors.KbError)):
         cls = errors.KbError
     exc = cls(str(data.get("message") or "kb watch reported an error without a message."))
@@ -180,25 +184,6 @@ def connect(workspace: Workspace | str | os.PathLike[str] | None) -> Remote | No
         sock.close()
         return None
     return Remote(ws, sock, pid)
-
-
-def routed(method: _F) -> _F:
-    """Send a ``KnowledgeBase`` method to the live ``kb watch`` of its workspace, when one runs in another
-    process. Every argument is passed on by name, so new parameters need no change here (values that are not
-    JSON, such as a progress callback, stay behind)."""
-    signature = inspect.signature(method)
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        remote = connect(self.workspace) if getattr(self, "route_to_watcher", False) else None
-        if remote is None:
-            return method(self, *args, **kwargs)
-        bound = signature.bind(self, *args, **kwargs)
-        params = {k: v for k, v in list(bound.arguments.items())[1:] if _jsonable(v)}
-        with remote:
-            return _revive(method.__name__, remote.call(method.__name__, params))
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _jsonable(value: Any) -> bool:

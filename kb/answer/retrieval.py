@@ -12,14 +12,15 @@ import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
+from kb.backends.rerank import Reranker
+from kb.backends.store import Store
 from kb.errors import KbError
-from kb.lexical import coverage, max_score
-from kb.manifest import Manifest
-from kb.store import Store
+from kb.index.lexical import coverage, max_score
+from kb.index.manifest import Manifest
 
 Mode = Literal["hybrid", "dense", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
@@ -62,12 +63,6 @@ class Filters:
                 continue
             out.append(src.path)
         return sorted(out)
-
-
-class Reranker(Protocol):
-    """A second stage that re-scores the fused candidates (e.g. a cross-encoder). Returns new scores, same order."""
-
-    def score(self, query: str, texts: Sequence[str]) -> Sequence[float]: ...
 
 
 @dataclass

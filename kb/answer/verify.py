@@ -1,6 +1,6 @@
 """Checking a model's answer against its sources, sentence by sentence (:func:`verify`).
 
-The reply is made safe first (:func:`kb.grounding.sanitize_output`), then split into sentences with the
+The reply is made safe first (:func:`kb.answer.grounding.sanitize_output`), then split into sentences with the
 ``[n]`` markers each carries (tolerant of ``[1, 2]``, ``[Source 1]``, ``[^1]``, ...). Ids that were not in the
 context are dropped. Each sentence is judged against each chunk it cites: content-word coverage, every number,
 negation, and embedding similarity to the chunk's best sentence; a chunk's sentences that address the model
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kb.answer import Embed, sentences_of
-from kb.grounding import Prompt, sanitize_output
+from kb.answer.extractive import Embed, sentences_of
+from kb.answer.grounding import Prompt, sanitize_output
 from kb.models import AnswerSentence, Citation, Hit
 from kb.prompts import CANNOT_ANSWER, LINK_REMOVED, UNSUPPORTED_MARK
 

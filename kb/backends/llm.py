@@ -3,7 +3,7 @@
 ``Generator`` is the protocol (one chat completion, streamed token by token). Backends, chosen by name
 (``--llm SPEC``, ``llm = "..."`` in kb.toml or ``KB_LLM``):
 
-* ``extractive`` — no model at all (the default; see :mod:`kb.answer`).
+* ``extractive`` — no model at all (the default; see :mod:`kb.answer.extractive`).
 * ``openai-compatible[:MODEL]`` — any OpenAI-compatible chat API over HTTP (Ollama, llama.cpp's server, vLLM,
   LM Studio, hosted APIs): ``llm_base_url``/``KB_LLM_BASE_URL``, ``llm_model``/``KB_LLM_MODEL``,
   ``llm_api_key``/``KB_LLM_API_KEY``. Streaming, timeouts, retries with backoff on transient errors only.
@@ -11,7 +11,7 @@
   in this process; needs the optional extra ``kb[local-llm]``.
 * :class:`LlamaIndexGenerator` wraps any llama-index LLM object (injected through the Python API).
 
-What the model writes is never trusted: :mod:`kb.grounding` builds the prompt, :mod:`kb.verify` checks every
+What the model writes is never trusted: :mod:`kb.answer.grounding` builds the prompt, :mod:`kb.answer.verify` checks every
 sentence.
 """
 
@@ -23,17 +23,17 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 from kb.errors import ConfigError, GeneratorError
+from kb.models import OnToken
 from kb.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
-OnToken = Callable[[str], None]
 BACKENDS = ("extractive", "openai-compatible[:MODEL]", "llama-cpp:PATH.gguf", "llama-cpp:smollm2")
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _CONTEXT_OVERFLOW = re.compile(

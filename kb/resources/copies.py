@@ -1,7 +1,7 @@
 """A resource's copy on disk: crawling its pages, importing a local copy, and writing one markdown file per
 page.
 
-Used by :mod:`kb.resources` (which decides what is fetched, when, and records the outcome).
+Used by :mod:`kb.resources.catalog` (which decides what is fetched, when, and records the outcome).
 """
 
 from __future__ import annotations
@@ -15,16 +15,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from ingest.discovery import is_secret
 from ingest.fetch import Fetcher, FetchError, FetchResult, github_raw_base, github_repo, to_page
+from kb.index.engine import IndexEngine
 from kb.models import ResourceOutcome
 from kb.settings import ResourcesSettings
-
-if TYPE_CHECKING:
-    from kb.api import KnowledgeBase
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +64,8 @@ def scope_of(url: str) -> str:
     return f"{head}/" if "." in last and head.count("/") >= 2 else url.rstrip("/") + "/"
 
 
-def _atomic_write(kb: KnowledgeBase, path: Path, text: str) -> None:
-    tmp_dir = kb.workspace.ensure_state_dir() / "tmp"
+def _atomic_write(engine: IndexEngine, path: Path, text: str) -> None:
+    tmp_dir = engine.workspace.ensure_state_dir() / "tmp"
     tmp_dir.mkdir(exist_ok=True)
     tmp = tmp_dir / f"{path.name}.{os.getpid()}.tmp"
     tmp.write_text(text, encoding="utf-8")
@@ -80,14 +78,14 @@ def _iso(ts: float | None) -> str | None:
 
 
 def _crawl(
-    kb: KnowledgeBase,
+    engine: IndexEngine,
     res: Resource,
     entry: dict[str, Any],
     fetcher: Fetcher,
     force: bool,
     outcome: ResourceOutcome,
 ) -> None:
-    cfg: ResourcesSettings = kb.settings.resources
+    cfg: ResourcesSettings = engine.settings.resources
     gh = github_repo(res.url)
     scope = (
         (res.mirror.rstrip("/") + "/") if res.mirror else (github_raw_base(*gh) if gh else scope_of(res.url))
@@ -104,7 +102,7 @@ def _crawl(
 
     def get(url: str) -> tuple[FetchResult, dict[str, Any] | None]:
         old = old_pages.get(url)
-        usable = old and not force and (not old.get("path") or (kb.workspace.root / old["path"]).exists())
+        usable = old and not force and (not old.get("path") or (engine.workspace.root / old["path"]).exists())
         cond = old if usable else None
         result = fetcher.get(
             url,
@@ -122,7 +120,7 @@ def _crawl(
             if gh and exc.status == 404:
                 continue
             raise
-        _take(kb, res, scope, start, result, old, pages, outcome)
+        _take(engine, res, scope, start, result, old, pages, outcome)
         queue.append((start, 0))
         seen.add(start)
         break
@@ -152,9 +150,9 @@ def _crawl(
                 if old_pages.get(link) and not exc.unavailable:
                     pages[link] = old_pages[link]  # a failed re-fetch keeps the last good copy
                 continue
-            _take(kb, res, scope, link, result, old, pages, outcome)
+            _take(engine, res, scope, link, result, old, pages, outcome)
             queue.append((link, depth + 1))
-    _sweep(kb, res, {p["path"] for p in pages.values() if p.get("path")})
+    _sweep(engine, res, {p["path"] for p in pages.values() if p.get("path")})
     entry["pages"] = pages
 
 
@@ -165,7 +163,7 @@ def _repo_doc(rel: str) -> bool:
 
 
 def _take(
-    kb: KnowledgeBase,
+    engine: IndexEngine,
     res: Resource,
     scope: str,
     url: str,
@@ -195,7 +193,7 @@ def _take(
         }
         if url != fm["url"]:
             fm["source"] = url
-        if _write_page(kb, kb.workspace.root / path, fm, page.markdown):
+        if _write_page(engine, engine.workspace.root / path, fm, page.markdown):
             outcome.pages_written += 1
         else:
             outcome.pages_unchanged += 1
@@ -227,7 +225,7 @@ def _page_path(res: Resource, rel: str) -> str:
     return "/".join([RESOURCES_DIR, res.slug, *segs[:-1], name])
 
 
-def _write_page(kb: KnowledgeBase, path: Path, fm: dict[str, Any], body: str) -> bool:
+def _write_page(engine: IndexEngine, path: Path, fm: dict[str, Any], body: str) -> bool:
     """Write the page unless its body and validators are unchanged (then the file, and its mtime, stay)."""
     import yaml
 
@@ -242,23 +240,23 @@ def _write_page(kb: KnowledgeBase, path: Path, fm: dict[str, Any], body: str) ->
             return False
     clean = {k: v for k, v in fm.items() if v is not None}
     text = "---\n" + yaml.safe_dump(clean, sort_keys=False, allow_unicode=True, width=1000) + "---\n\n" + body
-    _atomic_write(kb, path, text)
+    _atomic_write(engine, path, text)
     return True
 
 
-def _sweep(kb: KnowledgeBase, res: Resource, keep: set[str]) -> None:
-    folder = kb.workspace.root / RESOURCES_DIR / res.slug
+def _sweep(engine: IndexEngine, res: Resource, keep: set[str]) -> None:
+    folder = engine.workspace.root / RESOURCES_DIR / res.slug
     if not folder.is_dir():
         return
     for f in folder.rglob("*.md"):
-        if f.relative_to(kb.workspace.root).as_posix() not in keep:
+        if f.relative_to(engine.workspace.root).as_posix() not in keep:
             f.unlink()
 
 
 def _import_tree(
-    kb: KnowledgeBase, res: Resource, src: Path, entry: dict[str, Any], outcome: ResourceOutcome
+    engine: IndexEngine, res: Resource, src: Path, entry: dict[str, Any], outcome: ResourceOutcome
 ) -> None:
-    cfg: ResourcesSettings = kb.settings.resources
+    cfg: ResourcesSettings = engine.settings.resources
     if not src.exists():
         raise FetchError(f"the local copy {src} does not exist")
     files = (
@@ -300,11 +298,11 @@ def _import_tree(
             "fetched_at": _iso(time.time()),
             "source": f"local copy: {rel}",
         }
-        if _write_page(kb, kb.workspace.root / path, fm, page.markdown):
+        if _write_page(engine, engine.workspace.root / path, fm, page.markdown):
             outcome.pages_written += 1
         else:
             outcome.pages_unchanged += 1
         outcome.bytes_downloaded += len(data)
         keep.add(path)
-    _sweep(kb, res, keep)
+    _sweep(engine, res, keep)
     entry["pages"] = {}

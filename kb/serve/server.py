@@ -2,7 +2,7 @@
 
 Security: a Unix domain socket (never a TCP port) in the workspace's state folder, which is made 0700; the
 socket itself is created 0600. Every connection's peer is checked with SO_PEERCRED: only the same user is
-served. A request is one JSON line of at most :data:`kb.remote.MAX_REQUEST` bytes, read with a deadline; the
+served. A request is one JSON line of at most :data:`kb.serve.client.MAX_REQUEST` bytes, read with a deadline; the
 method must be one of :data:`METHODS`, the parameters a JSON object whose keys are parameters of that
 ``KnowledgeBase`` method (so new search parameters pass through with no change here). Errors come back as
 ``{"ok": false, "error": ...}``."""
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kb.errors import KbError
-from kb.remote import MAX_REQUEST, PROTOCOL, peer_credentials
+from kb.errors import BadRequest, KbError
+from kb.serve.client import MAX_REQUEST, PROTOCOL, peer_credentials
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,6 @@ METHODS = ("ping", "config", "search", "ask", "status", "index")
 READ_TIMEOUT = 10.0  # seconds a client may take to send its request line
 
 Dispatch = Callable[[str, dict[str, Any]], Any]
-
-
-class BadRequest(KbError):
-    exit_code = 2
 
 
 def validate(message: Any) -> tuple[str, dict[str, Any]]:

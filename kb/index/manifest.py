@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from kb import lexical
 from kb.errors import IndexCorruptError
+from kb.index import lexical
 
 SCHEMA_VERSION = 1
 AUX_VECTORS_MAX = 50_000

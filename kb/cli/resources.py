@@ -80,7 +80,7 @@ def fetch(
 
     Example: kb resources fetch https://12factor.net/ --json
     """
-    from kb.render import ProgressReporter
+    from kb.cli.render import ProgressReporter
 
     try:
         kb = _open(workspace)

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,15 +27,15 @@ import numpy as np
 from ingest.chunking import CHUNKER_VERSION, chunk_document
 from ingest.discovery import Candidate, Skipped, discover, read_candidate
 from ingest.loaders import LoadError, load_document
-from kb.embedders import Embedder
-from kb.manifest import ChunkRow, Manifest, SourceRow
-from kb.models import IndexReport, SkippedFile
+from kb.backends.embedders import Embedder
+from kb.backends.store import Store
+from kb.index.manifest import ChunkRow, Manifest, SourceRow
+from kb.models import IndexReport, Progress, SkippedFile
 from kb.settings import DEFAULT_INCLUDE, Settings
-from kb.store import Store
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
+Scope = tuple[list[Candidate], list[Skipped], list[str]]  # a targeted run: candidates, skips, paths covered
 EMBED_BATCH = 32
 
 # Reasons for which a previously indexed file keeps its indexed content (the problem may be passing).
@@ -109,7 +108,7 @@ class Indexer:
         self.embedded = 0
 
     # --- the run ------------------------------------------------------------------------------------------
-    def run(self, scope: tuple[list[Candidate], list[Skipped], list[str]] | None = None) -> IndexReport:
+    def run(self, scope: Scope | None = None) -> IndexReport:
         """One run over the whole workspace, or over ``scope`` (kb watch's targeted run over dirty paths):
         its candidates, skips and every path it covers, on disk or in the manifest."""
         started = time.perf_counter()

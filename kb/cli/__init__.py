@@ -70,7 +70,7 @@ def _open(workspace: str | None, **overrides: Any) -> Any:
 def _serving(workspace: str | None) -> Any:
     """The live `kb watch` of the workspace when one runs (it owns the index: fresh results, no cold start; a thin
     import path, see kb/remote.py), else the library."""
-    from kb.remote import connect
+    from kb.serve.client import connect
 
     return connect(workspace) or _open(workspace)
 
@@ -106,7 +106,7 @@ def index(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
 
     Example: kb index --workspace ./acme --json
     """
-    from kb.render import ProgressReporter, print_index_report
+    from kb.cli.render import ProgressReporter, print_index_report
 
     try:
         kb = _serving(workspace)
@@ -135,7 +135,7 @@ def search(
 
     Example: kb search "rate limits" --type prd --path 'projects/prds/notif*' --mode bm25
     """
-    from kb.render import print_hits
+    from kb.cli.render import print_hits
 
     try:
         hits = _serving(workspace).search(query, k=k, mode=mode, source_type=source_type, path=path)
@@ -170,9 +170,9 @@ def ask(
 
     Example: KB_LLM_BASE_URL=http://127.0.0.1:8080/v1 kb ask "Who owns notifications?" --llm openai-compatible
     """
-    from kb.grounding import StreamFilter
+    from kb.answer.grounding import StreamFilter
+    from kb.cli.render import print_answer
     from kb.prompts import DRAFT_HEADER, PERSONA_PICKED
-    from kb.render import print_answer
 
     draft = StreamFilter()
 
@@ -185,7 +185,7 @@ def ask(
 
     try:
         kb = _serving(workspace)
-        stream = {"on_token": show} if not json_out and hasattr(kb, "settings") else {}  # not through kb watch
+        stream = {"on_token": show} if not json_out and kb.streams_tokens else {}  # not through kb watch
         answer = kb.ask(question, persona=persona or "auto", k=k, llm=llm, mode=mode, source_type=source_type,
                         path=path, **stream)
     except KbError as exc:
@@ -221,7 +221,7 @@ def eval_(
     """
     from pathlib import Path
 
-    from kb.render import ProgressReporter, print_eval, print_questions_eval
+    from kb.cli.render import ProgressReporter, print_eval, print_questions_eval
 
     modes = tuple(mode or ["hybrid"])
     try:
@@ -247,7 +247,7 @@ def status(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
 
     Example: kb status --json
     """
-    from kb.render import print_status
+    from kb.cli.render import print_status
 
     try:
         st = _serving(workspace).status()
@@ -257,7 +257,7 @@ def status(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
         return _json(st.to_dict())
     print_status(out, st)
     if st.watcher is not None:
-        from kb.watch_render import print_watcher
+        from kb.cli.watch_render import print_watcher
 
         print_watcher(out, st.watcher)
 
@@ -276,7 +276,7 @@ def watch(
 
     Example: kb watch --workspace ./acme
     """
-    from kb.watch_render import log_to_stderr
+    from kb.cli.watch_render import log_to_stderr
 
     log_to_stderr()
     emit = (lambda r: _json_line(r.__dict__)) if json_out else None
@@ -325,7 +325,7 @@ def config(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
         out.print(f"{key} = {json.dumps(value)}")
 
 
-from kb.cli_resources import resources_app  # noqa: E402 - needs the helpers above
+from kb.cli.resources import resources_app  # noqa: E402 - needs the helpers above
 
 app.add_typer(resources_app, name="resources")
 

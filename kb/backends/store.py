@@ -37,6 +37,19 @@ class Store(Protocol):
 
     def count(self) -> int: ...
 
+    def check(self) -> None:
+        """Raise :class:`kb.errors.IndexCorruptError` when the index cannot be opened or read."""
+
+    def reset(self) -> str:
+        """Set a damaged index aside and start an empty one; say what was done."""
+        ...
+
+    def drop_other_collections(self) -> list[str]:
+        """Delete vectors of other index fingerprints (an old model's); their names."""
+        ...
+
+    def close(self) -> None: ...
+
 
 class ChromaStore:
     """A Chroma collection in a persistent folder; cosine distance."""
@@ -113,6 +126,14 @@ class ChromaStore:
 
     def count(self) -> int:
         return int(self._open().count())
+
+    def check(self) -> None:
+        self.count()
+
+    def reset(self) -> str:
+        self.close()
+        moved = quarantine(self.path)
+        return f"moved to {moved.name}"
 
     def drop_other_collections(self) -> list[str]:
         """Delete collections of other fingerprints (an old model's vectors)."""

@@ -20,41 +20,38 @@ links) is kept in ``.workos/.kb/resources.json``; the copies' front matter is en
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from ingest.fetch import Fetcher, FetchError, FetchPolicy
 from kb.errors import ConfigError, IndexLockedError, KbError
-from kb.models import ResourceFetchReport, ResourceInfo, ResourceOutcome
+from kb.index.engine import IndexEngine
+from kb.locks import Busy, file_lock
+from kb.models import IndexReport, Progress, ResourceFetchReport, ResourceInfo, ResourceOutcome
 from kb.personas import list_personas
-from kb.resource_copies import RESOURCES_DIR, Resource, _atomic_write, _crawl, _import_tree, _iso
+from kb.resources.copies import RESOURCES_DIR, Resource, _atomic_write, _crawl, _import_tree, _iso
 from kb.settings import ResourcesSettings
-
-if TYPE_CHECKING:
-    from kb.api import KnowledgeBase
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 
 
 def _norm(url: str) -> str:
     return url.strip().rstrip("/")
 
 
-def resource_list(kb: KnowledgeBase) -> list[Resource]:
+def resource_list(engine: IndexEngine) -> list[Resource]:
     """The workspace's resources, in persona order, then ``add``, then imported ones."""
-    cfg: ResourcesSettings = kb.settings.resources
+    cfg: ResourcesSettings = engine.settings.resources
     found: dict[str, Resource] = {}
     wanted = {p.lower() for p in cfg.personas} if cfg.personas is not None else None
-    for persona in list_personas(kb.workspace.personas_dir):
+    for persona in list_personas(engine.workspace.personas_dir):
         if wanted is not None and persona.name not in wanted:
             continue
         for item in persona.key_resources:
@@ -62,7 +59,7 @@ def resource_list(kb: KnowledgeBase) -> list[Resource]:
             res.origins.append(persona.name)
     for url in cfg.add:
         found.setdefault(_norm(url), Resource(url, urlsplit(url).hostname or url)).origins.append("kb.toml")
-    for url, entry in _load_state(kb).items():
+    for url, entry in _load_state(engine).items():
         if entry.get("imported_from") and _norm(url) not in found:
             found[_norm(url)] = Resource(url, entry.get("title") or url, ["import"])
     for url in cfg.drop:
@@ -80,49 +77,47 @@ def resource_list(kb: KnowledgeBase) -> list[Resource]:
 # --- state ------------------------------------------------------------------------------------------------
 
 
-def _state_path(kb: KnowledgeBase) -> Path:
-    return kb.workspace.state_dir / "resources.json"
+def _state_path(engine: IndexEngine) -> Path:
+    return engine.workspace.state_dir / "resources.json"
 
 
-def _load_state(kb: KnowledgeBase) -> dict[str, dict[str, Any]]:
+def _load_state(engine: IndexEngine) -> dict[str, dict[str, Any]]:
     try:
-        data = json.loads(_state_path(kb).read_text(encoding="utf-8"))
+        data = json.loads(_state_path(engine).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data.get("resources", {}) if isinstance(data, dict) else {}
 
 
-def _save_state(kb: KnowledgeBase, state: dict[str, dict[str, Any]]) -> None:
-    _atomic_write(kb, _state_path(kb), json.dumps({"version": 1, "resources": state}, indent=1))
+def _save_state(engine: IndexEngine, state: dict[str, dict[str, Any]]) -> None:
+    _atomic_write(engine, _state_path(engine), json.dumps({"version": 1, "resources": state}, indent=1))
 
 
 @contextlib.contextmanager
-def _lock(kb: KnowledgeBase) -> Iterator[None]:
-    with open(kb.workspace.ensure_state_dir() / "resources.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexLockedError(
-                f"Another kb process is fetching resources of {kb.workspace.root}. Wait for it and try again."
-            ) from None
-        yield
+def _lock(engine: IndexEngine) -> Iterator[None]:
+    try:
+        with file_lock(engine.workspace.ensure_state_dir() / "resources.lock", wait=False):
+            yield
+    except Busy:
+        raise IndexLockedError(
+            f"Another kb process is fetching resources of {engine.workspace.root}. Wait for it and try again."
+        ) from None
 
 
 # --- listing ----------------------------------------------------------------------------------------------
 
 
-def list_resources(kb: KnowledgeBase) -> list[ResourceInfo]:
-    state = _load_state(kb)
+def list_resources(engine: IndexEngine) -> list[ResourceInfo]:
+    state = _load_state(engine)
     counts: dict[str, int] = {}
-    if (kb.workspace.state_dir / "manifest.sqlite3").exists():
-        with contextlib.suppress(KbError):
-            counts = kb._manifest_ro().chunk_counts()
-    max_age = kb.settings.resources.max_age_hours * 3600
+    with contextlib.suppress(KbError):
+        counts = engine.chunk_counts()
+    max_age = engine.settings.resources.max_age_hours * 3600
     out = []
-    for res in resource_list(kb):
-        folder = kb.workspace.root / RESOURCES_DIR / res.slug
+    for res in resource_list(engine):
+        folder = engine.workspace.root / RESOURCES_DIR / res.slug
         files = sorted(folder.rglob("*.md")) if folder.is_dir() else []
-        rels = [f.relative_to(kb.workspace.root).as_posix() for f in files]
+        rels = [f.relative_to(engine.workspace.root).as_posix() for f in files]
         entry = state.get(res.url) or state.get(_norm(res.url)) or {}
         checked = entry.get("checked_at") or (max(f.stat().st_mtime for f in files) if files else None)
         reason: str | None
@@ -163,13 +158,14 @@ def list_resources(kb: KnowledgeBase) -> list[ResourceInfo]:
 
 
 def fetch_resources(
-    kb: KnowledgeBase, urls: list[str] | None = None, force: bool = False, progress: Progress | None = None
+    engine: IndexEngine, urls: list[str] | None = None, force: bool = False, progress: Progress | None = None,
+    *, index: Callable[[Progress | None], IndexReport],
 ) -> ResourceFetchReport:
     """Fetch the resources (all due ones, or ``urls``), then bring the index up to date."""
     started = time.perf_counter()
     progress = progress or (lambda stage, done, total: None)
-    cfg: ResourcesSettings = kb.settings.resources
-    known = resource_list(kb)
+    cfg: ResourcesSettings = engine.settings.resources
+    known = resource_list(engine)
     chosen = known
     if urls:
         by_url = {_norm(r.url): r for r in known}
@@ -187,25 +183,25 @@ def fetch_resources(
         max_redirects=cfg.max_redirects,
     )
     report = ResourceFetchReport()
-    with _lock(kb), Fetcher(policy) as fetcher:
-        state = _load_state(kb)
+    with _lock(engine), Fetcher(policy) as fetcher:
+        state = _load_state(engine)
         for n, res in enumerate(chosen, 1):
             progress("fetch", n - 1, len(chosen))
             entry = state.setdefault(res.url, {})
-            outcome = _fetch_one(kb, res, entry, fetcher, force, explicit=bool(urls))
+            outcome = _fetch_one(engine, res, entry, fetcher, force, explicit=bool(urls))
             report.resources.append(outcome)
-            _save_state(kb, state)
+            _save_state(engine, state)
         progress("fetch", len(chosen), len(chosen))
-    report.index = kb.index(progress=progress)
+    report.index = index(progress)
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _fetch_one(
-    kb: KnowledgeBase, res: Resource, entry: dict[str, Any], fetcher: Fetcher, force: bool, explicit: bool
+    engine: IndexEngine, res: Resource, entry: dict[str, Any], fetcher: Fetcher, force: bool, explicit: bool
 ) -> ResourceOutcome:
-    cfg: ResourcesSettings = kb.settings.resources
-    folder = kb.workspace.root / RESOURCES_DIR / res.slug
+    cfg: ResourcesSettings = engine.settings.resources
+    folder = engine.workspace.root / RESOURCES_DIR / res.slug
     if res.unavailable:
         entry.update(status="unavailable", reason=res.unavailable, checked_at=time.time())
         return ResourceOutcome(res.url, "unavailable", res.unavailable)
@@ -220,7 +216,7 @@ def _fetch_one(
     outcome = ResourceOutcome(res.url, "fetched")
     try:
         local = (
-            kb.workspace.root / Path(res.mirror).expanduser()
+            engine.workspace.root / Path(res.mirror).expanduser()
             if res.mirror and "://" not in res.mirror
             else None
         )
@@ -229,9 +225,9 @@ def _fetch_one(
             if not local.exists():  # the imported folder is gone: keep the copy
                 return ResourceOutcome(res.url, "pinned", f"imported from {local}, which no longer exists")
         if local is not None:
-            _import_tree(kb, res, local, entry, outcome)
+            _import_tree(engine, res, local, entry, outcome)
         else:
-            _crawl(kb, res, entry, fetcher, force, outcome)
+            _crawl(engine, res, entry, fetcher, force, outcome)
     except (FetchError, KbError, OSError) as exc:
         kind = "unavailable" if getattr(exc, "unavailable", False) else "error"
         log.warning("resource %s: %s", res.url, exc)
@@ -253,7 +249,9 @@ def _fetch_one(
 # --- local copies -----------------------------------------------------------------------------------------
 
 
-def import_resource(kb: KnowledgeBase, directory: str | os.PathLike[str], url: str) -> ResourceFetchReport:
+def import_resource(
+    engine: IndexEngine, directory: str | os.PathLike[str], url: str, *, index: Callable[[Progress | None], IndexReport]
+) -> ResourceFetchReport:
     """Store the local copy at ``directory`` (a folder or one file) as resource ``url``, then index it."""
     started = time.perf_counter()
     src = Path(directory).expanduser().resolve()
@@ -263,14 +261,14 @@ def import_resource(kb: KnowledgeBase, directory: str | os.PathLike[str], url: s
         raise ConfigError(
             f"{url!r} is not an http(s) URL. Example: kb resources import ./12factor --url https://12factor.net/"
         )
-    known = {_norm(r.url): r for r in resource_list(kb)}
+    known = {_norm(r.url): r for r in resource_list(engine)}
     res = known.get(_norm(url)) or Resource(url, urlsplit(url).hostname or url, ["import"])
     report = ResourceFetchReport()
-    with _lock(kb):
-        state = _load_state(kb)
+    with _lock(engine):
+        state = _load_state(engine)
         entry = state.setdefault(res.url, {})
         outcome = ResourceOutcome(res.url, "fetched")
-        _import_tree(kb, res, src, entry, outcome)
+        _import_tree(engine, res, src, entry, outcome)
         now = time.time()
         entry.update(
             status="fetched",
@@ -280,8 +278,8 @@ def import_resource(kb: KnowledgeBase, directory: str | os.PathLike[str], url: s
             imported_from=str(src),
             title=res.title,
         )
-        _save_state(kb, state)
+        _save_state(engine, state)
         report.resources.append(outcome)
-    report.index = kb.index()
+    report.index = index(None)
     report.seconds = time.perf_counter() - started
     return report

@@ -6,11 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from ingest.discovery import PRUNED_DIRS, Candidate, GlobSet, Skipped, _check_file
 
@@ -63,46 +60,6 @@ def discover_paths(
         else:
             candidates.append(verdict)
     return candidates, skipped
-
-
-class LockedEmbedder:
-    """One embedder shared by the indexing thread and the server's threads, one call at a time.
-
-    With ``cache_size``, it remembers vectors of recent texts (queries, persona priorities): a warm watcher
-    answers a repeated ``kb ask --persona`` without re-embedding the persona every time."""
-
-    def __init__(self, inner: Any, lock: threading.Lock | None = None, cache_size: int = 0):
-        self.inner = inner
-        self.lock = lock or threading.Lock()
-        self._cache: OrderedDict[str, Any] | None = OrderedDict() if cache_size else None
-        self._cache_size = cache_size
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def embed(self, texts: Any) -> Any:
-        cache = self._cache
-        if cache is None:
-            with self.lock:
-                return self.inner.embed(texts)
-        import numpy as np
-
-        texts = list(texts)
-        with self.lock:
-            todo = [t for t in dict.fromkeys(texts) if t not in cache]
-            if todo:
-                for t, v in zip(todo, self.inner.embed(todo), strict=True):
-                    cache[t] = np.array(v, dtype=np.float32)
-            out = np.stack([cache[t] for t in texts]) if texts else self.inner.embed(texts)
-            for t in texts:
-                cache.move_to_end(t)
-            while len(cache) > self._cache_size:
-                cache.popitem(last=False)
-        return out.copy()
-
-    def count_tokens(self, texts: Any) -> Any:
-        with self.lock:
-            return self.inner.count_tokens(texts)
 
 
 def literal_dir(pattern: str) -> str:

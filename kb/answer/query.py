@@ -1,0 +1,214 @@
+"""Search and ask over an :class:`kb.index.engine.IndexEngine`: retrieval, folding, persona steering, answering.
+
+``kb ask`` flows: question → :func:`kb.answer.retrieval.retrieve` (hybrid) → optional rerank → hits (rows read
+from the manifest, near-duplicates folded) → per persona priority, a steered dense search → :class:`Evidence` →
+the answerer named by ``llm`` (extractive, or a language model whose answer is verified) → :class:`Answer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from kb.answer.answerers import make_answerer
+from kb.answer.extractive import Evidence
+from kb.answer.retrieval import Filters, Scored, near_duplicate, rerank, retrieve, word_set
+from kb.backends.llm import Generator
+from kb.backends.rerank import Reranker, make_reranker
+from kb.errors import KbError
+from kb.index.engine import IndexEngine
+from kb.index.manifest import Manifest
+from kb.models import Answer, Hit, OnToken
+from kb.personas import Persona, get_persona, list_personas
+
+MAX_QUERY_CHARS = 4000
+
+
+class Query:
+    """The read side of an index: :meth:`search` and :meth:`ask`.
+
+    ``generator`` (a :class:`kb.backends.llm.Generator`, e.g. any llama-index LLM wrapped in
+    :class:`kb.backends.llm.LlamaIndexGenerator`) writes answers when given; ``reranker`` adds a second stage.
+    """
+
+    def __init__(
+        self, engine: IndexEngine, *, generator: Generator | None = None, reranker: Reranker | None = None
+    ):
+        self.engine = engine
+        self.settings = engine.settings
+        self.generator = generator
+        self._reranker = reranker
+        self._generators: dict[str, Generator] = {}  # LLM backends by spec, built once
+        self._picker: Any = None  # kb.answer.persona_pick.PersonaPicker, built on the first persona="auto"
+
+    def over(self, engine: IndexEngine) -> Query:
+        """The same query backends over another engine (``kb watch`` answers on a reader of its index)."""
+        return Query(engine, generator=self.generator, reranker=self._reranker)
+
+    @property
+    def reranker(self) -> Reranker | None:
+        if self._reranker is None and self.settings.reranker:
+            self._reranker = make_reranker(self.settings.reranker)
+        return self._reranker
+
+    # --- search -------------------------------------------------------------------------------------------
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        mode: str | None = None,
+        source_type: str | Sequence[str] | None = None,
+        path: str | Sequence[str] | None = None,
+    ) -> list[Hit]:
+        query = clean_query(query)
+        mode = mode or self.settings.search_mode
+        filters = Filters.make(source_type, path)
+        manifest, store = self.engine.ready()
+        vector = self.engine.embedder.embed([query])[0] if mode != "bm25" else None
+        scored = self._rerank(manifest, query, retrieve(manifest, store, query, vector, k, mode, filters), k)
+        return hits_of(manifest, scored, k)
+
+    def _rerank(self, manifest: Manifest, query: str, scored: list[Scored], k: int) -> list[Scored]:
+        reranker = self.reranker
+        return rerank(reranker, manifest, query, scored, k) if reranker else scored
+
+    # --- ask ----------------------------------------------------------------------------------------------
+    def ask(
+        self,
+        question: str,
+        *,
+        persona: str | None = None,
+        k: int | None = None,
+        mode: str | None = None,
+        source_type: str | Sequence[str] | None = None,
+        path: str | Sequence[str] | None = None,
+        llm: str | None = None,
+        on_token: OnToken | None = None,
+    ) -> Answer:
+        question = clean_query(question)
+        mode = mode or self.settings.search_mode
+        filters = Filters.make(source_type, path)
+        qvec = self.engine.embedder.embed([question])[0]
+        chosen, picked = self.choose_persona(qvec, persona or self.settings.persona)
+        k = k or self.settings.top_k
+        manifest, store = self.engine.ready()
+        aspects = chosen.always_consider if chosen else []
+        aspect_vectors = self.engine.embed_cached(self._aspect_texts(chosen))
+        scored = retrieve(manifest, store, question, qvec, k, mode, filters)
+        evidence = Evidence(question, hits_of(manifest, self._rerank(manifest, question, scored, k), k))
+        # The persona's priorities decide what further evidence is looked for: the question, steered towards
+        # each priority.
+        for aspect, vec in zip(aspects, aspect_vectors, strict=True):
+            steered = qvec + vec
+            steered /= max(float((steered @ steered) ** 0.5), 1e-12)
+            evidence.aspects[aspect.label] = hits_of(
+                manifest, retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8), 3
+            )
+            evidence.aspect_vectors[aspect.label] = vec
+        spec = llm or (None if self.generator is not None else self.settings.llm)
+        answerer = make_answerer(
+            spec, self.settings, self.engine.embedder.embed, self.engine.embed_cached,
+            injected=self.generator, cache=self._generators, on_token=on_token,
+        )
+        answer = answerer.answer(evidence, chosen)
+        answer.persona_picked = picked
+        return answer
+
+    def persona(self, name: str) -> Persona:
+        return get_persona(name, self.engine.workspace.personas_dir)
+
+    def choose_persona(self, question_vector: np.ndarray, name: str | None) -> tuple[Persona | None, bool]:
+        """``"auto"``: the kb.toml persona when one is set, else the persona that best fits the question."""
+        fixed = self.settings.persona
+        if name and name.strip().lower() == "auto" and fixed and fixed.strip().lower() != "auto":
+            name = fixed
+        if not name or name.strip().lower() != "auto":
+            return (self.persona(name) if name else None), False
+        from kb.answer.persona_pick import PersonaPicker
+
+        if self._picker is None:
+            self._picker = PersonaPicker(
+                list_personas(self.engine.workspace.personas_dir), self.engine.embed_cached
+            )
+        pick = self._picker.pick(question_vector)
+        return (pick.persona, True) if pick else (None, False)
+
+    def _aspect_texts(self, persona: Persona | None) -> list[str]:
+        """Each "What I Always Consider" priority, enriched with the persona's closest expertise/principle lines."""
+        if persona is None or not persona.always_consider:
+            return []
+        base = [f"{a.label}: {a.description}" for a in persona.always_consider]
+        lore = persona.lore()
+        if not lore:
+            return base
+        vecs = self.engine.embed_cached(base + lore)
+        av, lv = vecs[: len(base)], vecs[len(base) :]
+        out = []
+        for i, text in enumerate(base):
+            best = (lv @ av[i]).argsort()[::-1][:2]
+            out.append(text + " " + " ".join(lore[j] for j in best))
+        return out
+
+
+def clean_query(text: str) -> str:
+    """Whitespace folded, at most :data:`MAX_QUERY_CHARS`; an empty question is an error."""
+    text = " ".join(text.split())
+    if not text:
+        raise KbError("The question is empty. Ask something, e.g.: kb ask \"Who owns the notifications service?\"")
+    return text[:MAX_QUERY_CHARS]
+
+
+def hits_of(manifest: Manifest, scored: list[Scored], k: int, fold: bool = True) -> list[Hit]:
+    """The first ``k`` scored chunks as hits (rows read from the manifest a window at a time; near-duplicate
+    texts folded into the better one's ``also_in``)."""
+    hits: list[Hit] = []
+    words: list[frozenset[str]] = []
+    window = max(2 * k, 10)
+    for start in range(0, len(scored), window):
+        if len(hits) >= k:
+            break
+        _add_hits(manifest, scored[start : start + window], k, fold, hits, words)
+    return hits
+
+
+def _add_hits(
+    manifest: Manifest, scored: list[Scored], k: int, fold: bool, hits: list[Hit], words: list[frozenset[str]]
+) -> None:
+    rows = manifest.chunks_by_id([s.chunk_id for s in scored])  # only ids the manifest knows are real
+    sources = manifest.sources([r.path for r in rows.values()]) if rows else {}
+    for item in scored:
+        row = rows.get(item.chunk_id)
+        if row is None:
+            continue
+        ws = word_set(row.text) if fold else frozenset()
+        if fold:  # the same text in two places (a copied section, a vendored file): show it once
+            twin = next((h for h, w in zip(hits, words, strict=True) if near_duplicate(w, ws)), None)
+            if twin is not None:
+                if row.path != twin.path and row.path not in twin.also_in:
+                    twin.also_in.append(row.path)
+                continue
+        src = sources.get(row.path)
+        meta = src.metadata if src else {}
+        url = meta.get("url")
+        words.append(ws)
+        hits.append(
+            Hit(
+                rank=len(hits) + 1,
+                score=round(item.score, 4),
+                path=row.path,
+                start_line=row.start_line,
+                end_line=row.end_line,
+                heading=row.heading,
+                text=row.text,
+                source_type=src.source_type if src else "other",
+                chunk_id=item.chunk_id,
+                title=src.title if src else None,
+                url=url if isinstance(url, str) else None,
+                page=row.page,
+            )
+        )
+        if len(hits) >= k:
+            break

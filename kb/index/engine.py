@@ -1,0 +1,216 @@
+"""The index engine: one workspace's manifest, vector store, embedder and write lock, behind one public class.
+
+Everything that reads or writes an index goes through :class:`IndexEngine`: the facade (:class:`kb.KnowledgeBase`),
+retrieval and answering (:mod:`kb.answer`), and the features (resources, evaluation, ``kb watch``). It builds the
+backends it was not given (``None`` means "from settings"), computes the index fingerprint once, owns the
+write lock, and repairs a store that cannot be opened before an index run, whatever the store is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kb.backends.embedders import Embedder, LockedEmbedder, make_embedder
+from kb.backends.store import ChromaStore, Store
+from kb.errors import EmptyIndexError, IndexCorruptError, IndexLockedError
+from kb.index.indexer import Indexer, Progress, Scope, collection_name, fingerprint, text_hash
+from kb.index.manifest import Manifest
+from kb.locks import Busy, file_lock
+from kb.models import IndexReport, SourceStatus, Status, WatcherStatus
+from kb.settings import Settings
+from kb.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.sqlite3"
+
+
+class IndexEngine:
+    """The index of ``workspace``: manifest (SQLite, the source of truth) + store (vectors) + embedder.
+
+    >>> engine = IndexEngine(find_workspace("data"), settings)   # doctest: +SKIP
+    >>> engine.index().chunks_embedded                             # doctest: +SKIP
+    >>> manifest, store = engine.ready()                           # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        store: Store | None = None,
+    ):
+        self.workspace = workspace
+        self.settings = settings
+        self._embedder = embedder
+        self._store = store
+        self._owns_store = store is None  # an injected store belongs to whoever injected it
+        self._manifest: Manifest | None = None
+        self._fingerprint: str | None = None
+        self._locked = False
+
+    # --- backends -----------------------------------------------------------------------------------------
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            cache = self.settings.model_cache_dir or (self.workspace.state_dir / "models")
+            self._embedder = make_embedder(self.settings.embedder, self.settings.embedder_runtime, Path(cache))
+        return self._embedder
+
+    def share_embedder(self) -> LockedEmbedder:
+        """Make the embedder safe to call from several threads (one call at a time); ``kb watch`` does this."""
+        if not isinstance(self._embedder, LockedEmbedder):
+            self._embedder = LockedEmbedder(self.embedder)
+        return self._embedder
+
+    @property
+    def fingerprint(self) -> str:
+        """The index's identity: embedding model + chunking settings (a change rebuilds the index)."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self.embedder.model_id, self.settings)
+        return self._fingerprint
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = ChromaStore(self.workspace.state_dir / "chroma", collection_name(self.fingerprint))
+        return self._store
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.workspace.state_dir / MANIFEST_NAME
+
+    @property
+    def opened(self) -> bool:
+        """Whether this engine has opened its manifest or vector store (a client of ``kb watch`` never does)."""
+        return self._manifest is not None or (self._store is not None and self._owns_store)
+
+    def has_index(self) -> bool:
+        return self.manifest_path.exists()
+
+    def manifest(self) -> Manifest:
+        """The manifest, created if missing (for writers)."""
+        if self._manifest is None:
+            self.workspace.ensure_state_dir()
+            self._manifest = Manifest(self.manifest_path)
+        return self._manifest
+
+    def reader(self) -> Manifest:
+        """The manifest of an existing index (for readers): :class:`EmptyIndexError` when nothing is indexed."""
+        if self._manifest is None:
+            if not self.has_index():
+                raise EmptyIndexError(
+                    f"Nothing is indexed in {self.workspace.root} yet. Run: kb index --workspace {self.workspace.root}"
+                )
+            self._manifest = Manifest(self.manifest_path)
+        return self._manifest
+
+    def ready(self) -> tuple[Manifest, Store]:
+        """Manifest and store of an index built with the current settings, ready to query."""
+        manifest = self.reader()
+        built = manifest.get_meta("fingerprint")
+        if built is None:
+            raise EmptyIndexError(f"Nothing is indexed in {self.workspace.root} yet. Run: kb index")
+        if built != self.fingerprint:
+            raise EmptyIndexError(
+                "The index was built with other settings (embedding model or chunking) than the current ones. "
+                "Run: kb index (it rebuilds automatically)."
+            )
+        return manifest, self.store
+
+    # --- writing ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """The index's single-writer lock (re-entrant for its holder: ``kb watch`` indexes while holding it)."""
+        if self._locked:
+            yield
+            return
+        try:
+            with file_lock(self.workspace.ensure_state_dir() / "write.lock", wait=False, record_pid=True):
+                self._locked = True
+                try:
+                    yield
+                finally:
+                    self._locked = False
+        except Busy as busy:
+            raise IndexLockedError(
+                f"Another kb process (pid {busy.holder}) is writing the index of {self.workspace.root}. "
+                "Wait for it to finish (or stop it) and try again."
+            ) from None
+
+    def index(self, progress: Progress | None = None, scope: Scope | None = None) -> IndexReport:
+        """Bring the index up to date with the files (incremental; see :mod:`kb.index.indexer`); ``scope``
+        restricts the run to some paths (``kb watch``'s targeted runs)."""
+        with self.write_lock():
+            manifest, store = self.manifest(), self.store
+            repaired: list[str] = []
+            try:
+                store.check()
+            except IndexCorruptError as exc:
+                repaired.append(f"vector index could not be opened ({exc}); {store.reset()} and rebuilt")
+            report = Indexer(self.workspace.root, self.settings, manifest, store, self.embedder, progress).run(scope)
+            report.repaired = repaired + report.repaired
+            if scope is None:
+                store.drop_other_collections()
+            return report
+
+    # --- cached embeddings --------------------------------------------------------------------------------
+    def embed_cached(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed persona lines and evidence sentences through a cache in the manifest (``aux_vectors``): a
+        one-shot ``kb ask`` embeds only sentences no earlier question has drawn on."""
+        if not texts:
+            return np.asarray(self.embedder.embed([]), dtype=np.float32)
+        manifest, model = self.reader(), self.embedder.model_id
+        hashes = [text_hash(t) for t in texts]
+        have = manifest.get_aux_vectors(model, hashes)
+        todo = [(h, t) for h, t in dict(zip(hashes, texts, strict=True)).items() if h not in have]
+        if todo:
+            fresh = self.embedder.embed([t for _, t in todo])
+            with contextlib.suppress(sqlite3.OperationalError):  # a read-only or busy manifest: just don't cache
+                manifest.put_aux_vectors(model, zip([h for h, _ in todo], fresh, strict=True))
+            have.update({h: v for (h, _), v in zip(todo, fresh, strict=True)})
+        return np.stack([have[h] for h in hashes])
+
+    # --- reporting ----------------------------------------------------------------------------------------
+    def chunk_counts(self) -> dict[str, int]:
+        """Chunks per indexed path ({} when nothing is indexed)."""
+        return self.reader().chunk_counts() if self.has_index() else {}
+
+    def status(self, watcher: WatcherStatus | None) -> Status:
+        ws, model = self.workspace, self.settings.embedder
+        if not self.has_index():
+            return Status(str(ws.root), str(ws.state_dir), model, self.settings.embedder_runtime, None, 0, 0, None,
+                          [], watcher)
+        manifest = self.reader()
+        counts = manifest.chunk_counts()
+        sources = [
+            SourceStatus(s.path, s.content_hash, counts.get(s.path, 0), s.indexed_at, s.source_type)
+            for s in sorted(manifest.sources().values(), key=lambda s: s.path)
+        ]
+        last = manifest.get_meta("last_indexed_at")
+        return Status(
+            workspace=str(ws.root),
+            index_dir=str(ws.state_dir),
+            model=manifest.get_meta("model_id") or model,
+            embedder_runtime=self.settings.embedder_runtime,
+            fingerprint=manifest.get_meta("fingerprint"),
+            sources_count=len(sources),
+            chunks_count=sum(counts.values()),
+            last_indexed_at=float(last) if last else None,
+            sources=sources,
+            watcher=watcher,
+        )
+
+    def close(self) -> None:
+        if self._manifest is not None:
+            self._manifest.close()
+            self._manifest = None
+        if self._store is not None and self._owns_store:
+            self._store.close()
