@@ -1,10 +1,10 @@
 """Markdown-aware chunking with exact line ranges.
 
-A document is parsed into blocks (headings, fenced code, tables, list items, paragraphs). Blocks are packed into
-chunks that never cross a heading, never split a code block or table that fits, and never exceed the model's token
-window once the heading breadcrumb is prepended (the breadcrumb is what gets embedded together with the text, so
-a chunk "knows" where it sits). Each chunk's ``text`` is the verbatim source lines ``start_line..end_line``
-(1-based, inclusive), so a citation can always be checked against the file.
+A document is parsed into blocks (headings, fenced code, tables, list items, paragraphs). Blocks are packed
+into chunks that never cross a heading, never split a code block or table that fits, and never exceed the
+model's token window once the heading breadcrumb is prepended (the breadcrumb is what gets embedded together
+with the text, so a chunk "knows" where it sits). Each chunk's ``text`` is the verbatim source lines
+``start_line..end_line`` (1-based, inclusive), so a citation can always be checked against the file.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def parse_blocks(lines: list[str], first: int = 0) -> list[Block]:
         if fence:
             marker = fence.group(1)
             j = i + 1
-            while j < n and not re.match(r"^ {0,3}" + re.escape(marker[0]) + "{" + str(len(marker)) + r",}\s*$", lines[j]):
+            closing = re.compile(r"^ {0,3}" + re.escape(marker[0]) + "{" + str(len(marker)) + r",}\s*$")
+            while j < n and not closing.match(lines[j]):
                 j += 1
             end = min(j, n - 1)
             while end > i and not lines[end].strip():  # an unclosed fence ends at its last text line
@@ -93,7 +94,7 @@ def parse_blocks(lines: list[str], first: int = 0) -> list[Block]:
         j = i
         while j + 1 < n:
             nxt = lines[j + 1]
-            if not nxt.strip() or _FENCE.match(nxt) or _HEADING.match(nxt) or _TABLE.match(nxt) or _ITEM.match(nxt):
+            if not nxt.strip() or any(p.match(nxt) for p in (_FENCE, _HEADING, _TABLE, _ITEM)):
                 break
             j += 1
         blocks.append(Block(kind, i, j))
@@ -145,7 +146,7 @@ def chunk_document(
     crumbs = [_breadcrumb(doc_title, p) for p, _ in sections]
     crumb_tokens = count_tokens(crumbs)
     chunks: list[Chunk] = []
-    for (heading_path, idxs), crumb, ctoks in zip(sections, crumbs, crumb_tokens):
+    for (heading_path, idxs), crumb, ctoks in zip(sections, crumbs, crumb_tokens, strict=True):
         budget = max(16, max_tokens - ctoks - 1)  # the breadcrumb's specials are shared; 1 for the newline
         pieces: list[tuple[int, int, int, int]] = []  # (start line, start col, end line, end col excl.)
         group: list[int] = []
@@ -214,14 +215,15 @@ def _extract(lines: list[str], sl: int, sc: int, el: int, ec: int) -> str:
 def _split_block(
     block: Block, lines: list[str], count_tokens: TokenCounter, budget: int
 ) -> list[tuple[int, int, int, int]]:
-    """Split an oversized block: by lines first (code, tables, multi-line text), then by sentences, then words."""
+    """Split an oversized block: by lines first (code, tables, multi-line text), then by sentences, then
+    words."""
     units: list[tuple[int, int, int, int]] = []
     for ln in range(block.start, block.end + 1):
         if lines[ln].strip():
             units.append((ln, 0, ln, len(lines[ln])))
     unit_tokens = count_tokens([_extract(lines, *u) for u in units])
     fine: list[tuple[tuple[int, int, int, int], int]] = []
-    for unit, toks in zip(units, unit_tokens):
+    for unit, toks in zip(units, unit_tokens, strict=True):
         if toks - 2 <= budget:
             fine.append((unit, toks - 2))
             continue
@@ -250,7 +252,7 @@ def _split_line(line: str, count_tokens: TokenCounter, budget: int) -> list[tupl
     sentences = [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1) if bounds[i] < bounds[i + 1]]
     toks = count_tokens([line[a:b] for a, b in sentences])
     units: list[tuple[int, int, int]] = []
-    for (a, b), t in zip(sentences, toks):
+    for (a, b), t in zip(sentences, toks, strict=True):
         if t - 2 <= budget:
             units.append((a, b, t - 2))
         else:
@@ -267,13 +269,15 @@ def _split_line(line: str, count_tokens: TokenCounter, budget: int) -> list[tupl
     return out
 
 
-def _split_words(line: str, a: int, b: int, count_tokens: TokenCounter, budget: int) -> list[tuple[int, int, int]]:
+def _split_words(
+    line: str, a: int, b: int, count_tokens: TokenCounter, budget: int
+) -> list[tuple[int, int, int]]:
     words = [(m.start(), m.end()) for m in re.finditer(r"\S+\s*", line[a:b])]
     toks = count_tokens([line[a + s : a + e] for s, e in words])
     out: list[tuple[int, int, int]] = []
     start = end = None
     used = 0
-    for (s, e), t in zip(words, toks):
+    for (s, e), t in zip(words, toks, strict=True):
         if t - 2 > budget:  # one run without spaces over the window (minified JSON, a long URL): cut it every
             if start is not None:  # `budget` characters (a token spans at least one), never merged back
                 out.append((start, end, used))  # type: ignore[arg-type]
@@ -296,21 +300,34 @@ def _enforce_limit(chunks: list[Chunk], count_tokens: TokenCounter, max_tokens: 
     """Token counts of concatenations can exceed the sum of parts by a little; trim the rare offenders."""
     counts = count_tokens([c.embed_text for c in chunks])
     out: list[Chunk] = []
-    for chunk, n in zip(chunks, counts):
+    for chunk, n in zip(chunks, counts, strict=True):
         if n <= max_tokens:
             out.append(chunk)
             continue
         lines = split_lines(chunk.text)
         if len(lines) > 1:
             half = len(lines) // 2
-            first = Chunk("\n".join(lines[:half]), "", chunk.start_line, chunk.start_line + half - 1,
-                          chunk.heading_path, page=chunk.page)
-            second = Chunk("\n".join(lines[half:]), "", chunk.start_line + half, chunk.end_line,
-                           chunk.heading_path, page=chunk.page)
+            first = Chunk(
+                "\n".join(lines[:half]),
+                "",
+                chunk.start_line,
+                chunk.start_line + half - 1,
+                chunk.heading_path,
+                page=chunk.page,
+            )
+            second = Chunk(
+                "\n".join(lines[half:]),
+                "",
+                chunk.start_line + half,
+                chunk.end_line,
+                chunk.heading_path,
+                page=chunk.page,
+            )
             crumb = chunk.embed_text[: len(chunk.embed_text) - len(chunk.text)]
             for part in (first, second):
                 part.embed_text = crumb + part.text
-            out.extend(_enforce_limit([p for p in (first, second) if p.text.strip()], count_tokens, max_tokens))
+            halves = [p for p in (first, second) if p.text.strip()]
+            out.extend(_enforce_limit(halves, count_tokens, max_tokens))
         else:
             out.append(chunk)  # a single line already split to the word level: the model truncates the tail
     return out

@@ -10,8 +10,11 @@ import fnmatch
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from ingest.layout import PRUNED_DIRS
 
 SUPPORTED_SUFFIXES = {
     ".md": "markdown",
@@ -53,9 +56,6 @@ SECRET_PATTERNS = [
     "*.secrets",
     "*.tfstate",
 ]
-
-# Folders never descended into (kb's own state, VCS metadata, dependency trees).
-PRUNED_DIRS = {".kb", ".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv"}
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,21 @@ def _glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+def _normalize(pattern: str) -> str:
+    # "./x" means "x"; removeprefix, not lstrip("./"), which would also eat the dot of ".workos/..."
+    return pattern.strip().removeprefix("./")
+
+
+def glob_literal(pattern: str) -> str:
+    """A glob's literal prefix, before its first wildcard: ``.workos/context/**`` -> ``.workos/context/``."""
+    return re.split(r"[*?\[]", _normalize(pattern), maxsplit=1)[0]
+
+
 class GlobSet:
     def __init__(self, patterns: list[str]):
-        # "./x" means "x"; removeprefix, not lstrip("./"), which would also eat the dot of ".workos/..."
-        self.patterns = [p.strip().removeprefix("./") for p in patterns]
+        self.patterns = [_normalize(p) for p in patterns]
         self._regexes = [_glob_to_regex(p) for p in self.patterns if p]
+        self._literals = [glob_literal(p) for p in self.patterns]
 
     def match(self, relpath: str) -> bool:
         return any(r.match(relpath) for r in self._regexes)
@@ -111,11 +121,30 @@ class GlobSet:
     def may_contain(self, reldir: str) -> bool:
         """Could a file below ``reldir`` match? (Used to prune the walk.)"""
         prefix = reldir + "/"
-        for pattern in self.patterns:
-            literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
-            if literal.startswith(prefix) or prefix.startswith(literal) or not literal:
-                return True
-        return False
+        return any(lit.startswith(prefix) or prefix.startswith(lit) or not lit for lit in self._literals)
+
+
+_SYMLINKED_FOLDER = "symlinked folder: not followed (link the files, or index the target)"
+
+
+class _Rules:
+    """Discovery's rules for one include/exclude pair: which folders are entered and which files are looked
+    at. :func:`discover` (a walk) and :func:`discover_paths` (named paths) both decide with them."""
+
+    def __init__(self, include: list[str], exclude: list[str] | None):
+        self.includes = GlobSet(include)
+        self.excludes = GlobSet(exclude or [])
+
+    def enters(self, reldir: str) -> bool:
+        """Is the folder ``reldir`` descended into (by its name and the globs; symlinks are checked apart)?"""
+        name = reldir.rsplit("/", 1)[-1]
+        if name in PRUNED_DIRS or self.excludes.match(reldir) or self.excludes.match(reldir + "/"):
+            return False
+        return self.includes.may_contain(reldir)
+
+    def selects(self, relpath: str) -> bool:
+        """Is the file ``relpath`` included and not excluded (it is then checked: :func:`_check_file`)?"""
+        return self.includes.match(relpath) and not self.excludes.match(relpath)
 
 
 def is_secret(name: str) -> bool:
@@ -134,14 +163,13 @@ def discover(
     Only metadata is read here (``lstat``/``stat``); file contents are read by :func:`read_candidate`.
     """
     root = root.resolve()
-    includes = GlobSet(include)
-    excludes = GlobSet(exclude or [])
+    rules = _Rules(include, exclude)
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
 
     def onerror(err: OSError) -> None:
         rel = _rel(root, Path(err.filename)) if err.filename else "?"
-        if includes.may_contain(rel) or includes.match(rel):
+        if rules.includes.may_contain(rel) or rules.includes.match(rel):
             skipped.append(Skipped(rel, f"cannot list folder: {err.strerror}"))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
@@ -151,18 +179,16 @@ def discover(
         for d in sorted(dirnames):
             rel = f"{reldir}/{d}" if reldir else d
             full = here / d
-            if d in PRUNED_DIRS or excludes.match(rel) or excludes.match(rel + "/"):
-                continue
-            if not includes.may_contain(rel):
+            if not rules.enters(rel):
                 continue
             if full.is_symlink():
-                skipped.append(Skipped(rel, "symlinked folder: not followed (link the files, or index the target)"))
+                skipped.append(Skipped(rel, _SYMLINKED_FOLDER))
                 continue
             keep.append(d)
         dirnames[:] = keep
         for name in sorted(filenames):
             rel = f"{reldir}/{name}" if reldir else name
-            if not includes.match(rel) or excludes.match(rel):
+            if not rules.selects(rel):
                 continue
             verdict = _check_file(root, here / name, rel, name, max_bytes)
             if isinstance(verdict, Skipped):
@@ -171,6 +197,40 @@ def discover(
                 candidates.append(verdict)
     candidates.sort(key=lambda c: c.path)
     skipped.sort(key=lambda s: s.path)
+    return candidates, skipped
+
+
+def discover_paths(
+    root: Path,
+    include: list[str],
+    exclude: list[str] | None,
+    max_bytes: int,
+    paths: Iterable[str],
+) -> tuple[list[Candidate], list[Skipped]]:
+    """:func:`discover` restricted to ``paths`` (relative to ``root``): the same verdict per file, by the same
+    rules, without walking the tree. Paths that are gone, folders, or not selected are left out."""
+    rules = _Rules(include, exclude)
+    candidates: list[Candidate] = []
+    skipped: list[Skipped] = []
+    for rel in sorted(set(paths)):
+        parts = rel.split("/")
+        if not rel or any(p in ("", ".", "..") for p in parts):
+            continue
+        folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        if not all(rules.enters(d) and not (root / d).is_symlink() for d in folders):
+            continue
+        full = root / rel
+        if full.is_symlink() and full.is_dir():  # a symlinked folder: reported as the walk reports it
+            if rules.enters(rel):
+                skipped.append(Skipped(rel, _SYMLINKED_FOLDER))
+            continue
+        if not rules.selects(rel) or not os.path.lexists(full) or full.is_dir():
+            continue
+        verdict = _check_file(root, full, rel, parts[-1], max_bytes)
+        if isinstance(verdict, Skipped):
+            skipped.append(verdict)
+        else:
+            candidates.append(verdict)
     return candidates, skipped
 
 

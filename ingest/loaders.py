@@ -3,19 +3,36 @@
 Markdown and plain text keep the file's own lines, so citations point at real line numbers. PDF, HTML and DOCX
 are converted to markdown-like text first; their line numbers refer to that extracted text, and PDF pages are
 kept as ``page`` metadata. Markdown YAML front matter becomes metadata and is not chunked.
+
+Hostile files are bounded before any expensive work:
+
+* Front matter is parsed only up to :data:`MAX_FRONT_MATTER_BYTES`; YAML aliases (``*name``, including
+  ``<<: *base`` merge keys) are refused while composing (an alias bomb is a few hundred bytes that expand
+  exponentially once stringified); nesting deeper than :data:`MAX_FRONT_MATTER_DEPTH` is refused; and the
+  loaded value is walked with a node budget (:data:`MAX_FRONT_MATTER_NODES`) and a character budget
+  (:data:`MAX_FRONT_MATTER_CHARS`) before anything is stringified. Refused front matter is not metadata: the
+  file is indexed as plain text (front matter included, so nothing is hidden) with a ``front_matter_error``.
+* A DOCX is a zip: its central directory is checked (:func:`check_zip_members`) before python-docx opens it.
+  A member larger than :data:`MAX_ZIP_MEMBER_BYTES`, a total above :data:`MAX_ZIP_TOTAL_BYTES`, a member that
+  inflates more than :data:`MAX_ZIP_RATIO` times (past 1 MiB), or too many members is a zip bomb and the file
+  is skipped with that reason. Declared sizes can lie, and zipfile's whole-member ``read()`` inflates the
+  entire stream before truncating it, so every member is then inflated as a stream (output counted, not kept)
+  and must stop within its declared size.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
+from ingest.errors import LoadError
+from ingest.zipguard import check_zip_members
 
-class LoadError(Exception):
-    """The file cannot be turned into text; the message is the reason shown to the user."""
+__all__ = ["Document", "LoadError", "check_zip_members", "decode_text", "load_document", "split_front_matter"]
 
 
 @dataclass
@@ -51,8 +68,46 @@ def decode_text(data: bytes) -> str:
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)?(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S)
 
 
+MAX_FRONT_MATTER_BYTES = 64 * 1024  # larger front matter is not parsed (pure-Python YAML, ~1 s per MB)
+MAX_FRONT_MATTER_DEPTH = 32  # nesting levels of lists/mappings
+MAX_FRONT_MATTER_NODES = 10_000  # values visited, counting every repetition of a shared value
+MAX_FRONT_MATTER_CHARS = 64 * 1024  # characters of scalars (and keys) visited, same counting
+
+
+class _FrontMatterRefused(Exception):
+    """Front matter that kb will not turn into metadata; the message is the reason."""
+
+
+@functools.cache
+def _front_matter_loader() -> type:
+    import yaml
+
+    class NoAliasSafeLoader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that refuses aliases when composing, before any structure can be shared."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise _FrontMatterRefused("front matter uses YAML aliases (*name), which kb does not expand")
+            if self._depth >= MAX_FRONT_MATTER_DEPTH:
+                raise _FrontMatterRefused(
+                    f"front matter is nested deeper than {MAX_FRONT_MATTER_DEPTH} levels"
+                )
+            self._depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self._depth = 0
+
+    return NoAliasSafeLoader
+
+
 def split_front_matter(text: str) -> tuple[dict[str, Any], int, str | None]:
-    """Return (metadata, first body line, problem). Malformed front matter is kept as text and reported."""
+    """Return (metadata, first body line, problem). Malformed or refused front matter is kept as text and
+    reported (metadata ``{}``, body line 1, problem = the reason ending in "indexed as text")."""
     match = _FRONT_MATTER.match(text)
     if not match:
         return {}, 1, None
@@ -61,17 +116,53 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], int, str | None]:
     body_line = text[: match.end()].count("\n") + 1
     if not match.group(0).endswith("\n"):
         body_line = text[: match.end()].count("\n") + 2
+    source = match.group(1) or ""
+    if len(source.encode("utf-8", "surrogatepass")) > MAX_FRONT_MATTER_BYTES:
+        return {}, 1, f"front matter is larger than {MAX_FRONT_MATTER_BYTES // 1024} KB; indexed as text"
     try:
-        meta = yaml.safe_load(match.group(1) or "") or {}
+        meta = yaml.load(source, Loader=_front_matter_loader()) or {}  # noqa: S506 - a SafeLoader subclass
+        if not isinstance(meta, dict):
+            return {}, 1, "front matter is not a mapping; indexed as text"
+        _check_budget(meta)
+        clean = {str(k): _scalar(v) for k, v in meta.items()}
+    except _FrontMatterRefused as exc:
+        return {}, 1, f"{exc}; indexed as text"
     except yaml.YAMLError as exc:
         return {}, 1, f"front matter is not valid YAML ({str(exc).splitlines()[0]}); indexed as text"
-    if not isinstance(meta, dict):
-        return {}, 1, "front matter is not a mapping; indexed as text"
-    clean = {str(k): _scalar(v) for k, v in meta.items()}
+    except (RecursionError, MemoryError):
+        return {}, 1, "front matter is too large or too deeply nested; indexed as text"
     return clean, body_line, None
 
 
+def _check_budget(value: Any) -> None:
+    """Walk ``value`` as stringifying it would (shared values counted each time they are reached), stopping as
+    soon as the node, character or depth budget is spent: the cost of this walk is bounded by the budget."""
+    nodes = chars = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_FRONT_MATTER_NODES:
+            raise _FrontMatterRefused(f"front matter has more than {MAX_FRONT_MATTER_NODES} values")
+        if depth > MAX_FRONT_MATTER_DEPTH:
+            raise _FrontMatterRefused(f"front matter is nested deeper than {MAX_FRONT_MATTER_DEPTH} levels")
+        if isinstance(item, dict):
+            for k, v in item.items():
+                stack.append((k, depth + 1))
+                stack.append((v, depth + 1))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend((v, depth + 1) for v in item)
+        else:
+            chars += len(item) if isinstance(item, (str, bytes)) else 32
+            if chars > MAX_FRONT_MATTER_CHARS:
+                raise _FrontMatterRefused(
+                    f"front matter holds more than {MAX_FRONT_MATTER_CHARS // 1024} K characters of values"
+                )
+
+
 def _scalar(value: Any) -> Any:
+    """A metadata value: scalars as they are, lists joined with ", ", anything else as ``str()``. Only called
+    on values that passed :func:`_check_budget`, so the strings are bounded."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
@@ -102,8 +193,34 @@ def load_document(data: bytes, kind: str) -> Document:
 
 # --- HTML --------------------------------------------------------------------------------------------------
 
-_SKIP_TAGS = {"script", "style", "nav", "header", "footer", "aside", "noscript", "template", "svg", "form", "iframe"}
-_BLOCK_TAGS = {"p", "div", "section", "article", "main", "li", "tr", "br", "pre", "blockquote", "table", "ul", "ol"}
+_SKIP_TAGS = {
+    "script",
+    "style",
+    "nav",
+    "header",
+    "footer",
+    "aside",
+    "noscript",
+    "template",
+    "svg",
+    "form",
+    "iframe",
+}
+_BLOCK_TAGS = {
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "li",
+    "tr",
+    "br",
+    "pre",
+    "blockquote",
+    "table",
+    "ul",
+    "ol",
+}
 
 
 class _HtmlToMarkdown(HTMLParser):
@@ -159,7 +276,8 @@ def _load_html(source: str) -> Document:
         raise LoadError(f"malformed HTML: {exc}") from None
     text = "".join(parser.out)
     lines = [line.rstrip() for line in text.splitlines()]
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(line.lstrip() if not line.startswith(" ") else line for line in lines))
+    joined = "\n".join(line.lstrip() if not line.startswith(" ") else line for line in lines)
+    text = re.sub(r"\n{3,}", "\n\n", joined)
     text = text.strip() + "\n"  # entities were already decoded by the parser (convert_charrefs)
     if not text.strip():
         raise LoadError("no text in the HTML page")
@@ -211,6 +329,7 @@ def _load_docx(data: bytes) -> Document:
         import docx
     except ImportError:  # pragma: no cover - python-docx is a dependency
         raise LoadError("DOCX support needs python-docx: pip install python-docx") from None
+    check_zip_members(data, "DOCX")
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception as exc:  # python-docx raises zipfile/KeyError/ValueError variants on damaged files

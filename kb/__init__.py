@@ -1,9 +1,7 @@
 """kb: grounded, cited answers over a team's workspace (context files, PRDs, personas), offline.
 
-    from kb import KnowledgeBase
-    kb = KnowledgeBase.open("data")
-    kb.index()
-    answer = kb.ask("How should we paginate the notifications API?", persona="backend-engineer")
+from kb import KnowledgeBase kb = KnowledgeBase.open("data") kb.index() answer = kb.ask("How should we
+paginate the notifications API?", persona="backend-engineer")
 """
 
 from typing import TYPE_CHECKING
@@ -42,7 +40,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # KnowledgeBase is imported on first use: `kb search` answered by `kb watch` must not import the index stack.
+    # KnowledgeBase is imported on first use: `kb search` answered by `kb watch` must not import the index
+    # stack.
     if name == "KnowledgeBase":
         from kb.api import KnowledgeBase
 
@@ -52,6 +51,7 @@ def __getattr__(name: str) -> object:
 
         return getattr(kb.evaluate, name)
     raise AttributeError(f"module 'kb' has no attribute {name!r}")
+
 
 __all__ = [
     "Answer",

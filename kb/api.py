@@ -2,8 +2,8 @@
 
 It holds an :class:`kb.index.engine.IndexEngine` (the index) and a :class:`kb.answer.query.Query` (search and
 ask over it) and hands them to the features (resources, evaluation, ``kb watch``). When a ``kb watch`` process
-owns the workspace, ``index``/``search``/``ask``/``status`` go to it instead (embedded Chroma does not support two
-processes on one folder).
+owns the workspace, ``index``/``search``/``ask``/``status`` go to it instead (embedded Chroma does not support
+two processes on one folder).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class KnowledgeBase:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> KnowledgeBase:
-        """Open the workspace at ``path`` (or find it: ``KB_WORKSPACE``, then the current folder and its parents).
+        """Open the workspace at ``path`` (or find it: ``KB_WORKSPACE``, then the current folder and its
+        parents).
 
         Keyword arguments override settings (``top_k=8``) or inject backends (``embedder=...``).
         """
@@ -134,7 +135,9 @@ class KnowledgeBase:
         "extractive"; see :mod:`kb.backends.llm`); a model's tokens go to ``on_token`` as they arrive, and its
         answer is verified before it is returned.
         """
-        params: dict[str, Any] = dict(persona=persona, k=k, mode=mode, source_type=source_type, path=path, llm=llm)
+        params: dict[str, Any] = dict(
+            persona=persona, k=k, mode=mode, source_type=source_type, path=path, llm=llm
+        )
         if (owner := self._owner()) is not None:
             with owner:
                 return owner.ask(question, **params)
@@ -159,8 +162,11 @@ class KnowledgeBase:
 
         return KbRetriever(self, k, **filters)
 
-    def evaluate(self, questions: str | os.PathLike[str], *, k: int = 5, mode: str | None = None) -> QuestionsReport:
-        """hit@1, hit@k and MRR of :meth:`search` on a JSONL of ``{"question", "expected": [path or path#heading]}``.
+    def evaluate(
+        self, questions: str | os.PathLike[str], *, k: int = 5, mode: str | None = None
+    ) -> QuestionsReport:
+        """hit@1, hit@k and MRR of :meth:`search` on a JSONL of ``{"question", "expected": [path or
+        path#heading]}``.
 
         For BEIR-format datasets see :func:`kb.evaluate.evaluate_beir` (``kb eval DATASET_DIR``).
         """
@@ -169,7 +175,7 @@ class KnowledgeBase:
     def watch(self, **options: Any) -> None:
         """Keep the index equal to the files until Ctrl-C or SIGTERM, serving search/ask/status to other
         processes meanwhile. Options: see :class:`kb.serve.watcher.Watcher`."""
-        from kb.serve.watcher import watch
+        from kb.serve.run import watch
 
         watch(self.engine, self.query, **options)
 
@@ -185,8 +191,9 @@ class KnowledgeBase:
         """Fetch the due resources (or ``urls``) into ``.workos/resources/``, then index them."""
         from kb.resources.catalog import fetch_resources
 
-        return fetch_resources(self.engine, list(urls) if urls else None, force=force, progress=progress,
-                               index=self.index)
+        return fetch_resources(
+            self.engine, list(urls) if urls else None, force=force, progress=progress, index=self.index
+        )
 
     def import_resource(self, directory: str | os.PathLike[str], url: str) -> ResourceFetchReport:
         """Store the local copy in ``directory`` as resource ``url`` (air-gapped use), then index it."""

@@ -108,7 +108,8 @@ class QuestionsReport:
         }
 
 
-# --- metrics --------------------------------------------------------------------------------------------------
+# --- metrics
+# --------------------------------------------------------------------------------------------------
 def ndcg_at(ranked: list[str], rels: dict[str, int], k: int = 10) -> float:
     """nDCG@k with linear gain (as trec_eval / BEIR compute it)."""
     dcg = sum(rels.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
@@ -138,11 +139,12 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
-# --- BEIR -----------------------------------------------------------------------------------------------------
+# --- BEIR
+# -----------------------------------------------------------------------------------------------------
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+        with opener(path, "rt", encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
                 if line.strip():
                     try:
@@ -155,15 +157,32 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 def beir_files(dataset: Path, split: str) -> tuple[Path, Path, Path]:
     if not dataset.is_dir():
-        raise DatasetError(f"{dataset} is not a folder. A BEIR dataset folder holds corpus.jsonl, queries.jsonl, qrels/.")
+        raise DatasetError(
+            f"{dataset} is not a folder. A BEIR dataset folder holds corpus.jsonl, queries.jsonl, qrels/."
+        )
     corpus = next((dataset / n for n in ("corpus.jsonl", "corpus.jsonl.gz") if (dataset / n).is_file()), None)
     queries = dataset / "queries.jsonl"
-    qrels = next((p for p in (dataset / "qrels" / f"{split}.tsv", dataset / "qrels.tsv") if p.is_file()), None)
-    missing = [n for n, p in (("corpus.jsonl[.gz]", corpus), ("queries.jsonl", queries if queries.is_file() else None),
-                              (f"qrels/{split}.tsv", qrels)) if p is None]
+    qrels = next(
+        (p for p in (dataset / "qrels" / f"{split}.tsv", dataset / "qrels.tsv") if p.is_file()), None
+    )
+    missing = [
+        n
+        for n, p in (
+            ("corpus.jsonl[.gz]", corpus),
+            ("queries.jsonl", queries if queries.is_file() else None),
+            (f"qrels/{split}.tsv", qrels),
+        )
+        if p is None
+    ]
     if missing:
-        splits = sorted(p.stem for p in (dataset / "qrels").glob("*.tsv")) if (dataset / "qrels").is_dir() else []
-        hint = f" It has the split(s) {', '.join(splits)}: pass --split {splits[0]}." if splits and qrels is None else ""
+        splits = (
+            sorted(p.stem for p in (dataset / "qrels").glob("*.tsv")) if (dataset / "qrels").is_dir() else []
+        )
+        hint = (
+            f" It has the split(s) {', '.join(splits)}: pass --split {splits[0]}."
+            if splits and qrels is None
+            else ""
+        )
         raise DatasetError(f"{dataset} is not a BEIR dataset: missing {', '.join(missing)}.{hint}")
     assert corpus is not None and qrels is not None
     return corpus, queries, qrels
@@ -190,7 +209,8 @@ def _dataset_key(dataset: Path, corpus: Path, index_key: str) -> str:
 
 
 def materialize(corpus: Path, root: Path) -> dict[str, str]:
-    """Write each corpus document as ``docs/NNNNNN.md`` under ``root`` once; return {workspace path: doc id}."""
+    """Write each corpus document as ``docs/NNNNNN.md`` under ``root`` once; return {workspace path: doc
+    id}."""
     mapping_file = root / "docs.json"
     if mapping_file.is_file():
         return dict(json.loads(mapping_file.read_text(encoding="utf-8")))
@@ -231,13 +251,19 @@ def evaluate_beir(
     path = Path(dataset).expanduser()
     corpus, queries_file, qrels_file = beir_files(path, split)
     qrels = read_qrels(qrels_file)
-    queries = {str(q["_id"]): str(q.get("text", "")) for q in _jsonl(queries_file) if str(q.get("_id")) in qrels}
+    queries = {
+        str(q["_id"]): str(q.get("text", "")) for q in _jsonl(queries_file) if str(q.get("_id")) in qrels
+    }
     if not queries:
         raise DatasetError(f"No query of {queries_file} has judgments in {qrels_file}.")
     qids = sorted(queries)[:limit] if limit else sorted(queries)
     settings = load_settings(None, **overrides)
     index_key = json.dumps({"embedder": settings.embedder, "chunk_max_tokens": settings.chunk_max_tokens})
-    root = Path(cache_dir or settings.cache_dir or default_cache_dir()) / "eval" / _dataset_key(path, corpus, index_key)
+    root = (
+        Path(cache_dir or settings.cache_dir or default_cache_dir())
+        / "eval"
+        / _dataset_key(path, corpus, index_key)
+    )
     root.mkdir(parents=True, exist_ok=True)
     (root / "kb.toml").write_text('include = ["docs/**"]\n', encoding="utf-8")
     (root / ".workos").mkdir(exist_ok=True)
@@ -259,7 +285,9 @@ def evaluate_beir(
                 t0 = time.perf_counter()
                 hits = query.search(queries[qid], k=100, mode=mode)
                 lat.append((time.perf_counter() - t0) * 1000)
-                ranked = list(dict.fromkeys(mapping[p] for h in hits for p in (h.path, *h.also_in) if p in mapping))
+                ranked = list(
+                    dict.fromkeys(mapping[p] for h in hits for p in (h.path, *h.also_in) if p in mapping)
+                )
                 ndcg.append(ndcg_at(ranked, qrels[qid], 10))
                 recall.append(recall_at(ranked, qrels[qid], 100))
                 mrr.append(mrr_at(ranked, qrels[qid], 10))
@@ -267,14 +295,19 @@ def evaluate_beir(
                     progress(f"queries ({mode})", n + 1, len(qids))
             reports.append(
                 EvalReport(
-                    dataset=str(path), split=split, mode=mode, queries=len(qids),
+                    dataset=str(path),
+                    split=split,
+                    mode=mode,
+                    queries=len(qids),
                     ndcg_at_10=round(sum(ndcg) / len(ndcg), 4),
                     recall_at_100=round(sum(recall) / len(recall), 4),
                     mrr_at_10=round(sum(mrr) / len(mrr), 4),
                     latency_ms_p50=round(percentile(lat, 0.5), 2),
                     latency_ms_p95=round(percentile(lat, 0.95), 2),
-                    documents=len(mapping), chunks=report.chunks_total,
-                    index_seconds=round(index_seconds, 2), chunks_embedded=report.chunks_embedded,
+                    documents=len(mapping),
+                    chunks=report.chunks_total,
+                    index_seconds=round(index_seconds, 2),
+                    chunks_embedded=report.chunks_embedded,
                     index_dir=str(root),
                 )
             )
@@ -307,9 +340,12 @@ def _matches(expected: str, path: str, heading: str) -> bool:
     return want_heading.strip().lower() in parts
 
 
-def evaluate_questions(search: Search, path: str | os.PathLike[str], *, k: int = 5, mode: str) -> QuestionsReport:
-    """hit@1, hit@k and MRR of ``search`` (:meth:`kb.KnowledgeBase.search`) over a JSONL of ``{"question", "expected"}`` (unanswerable ones,
-    with ``expected: []``, are not scored here: ``kb ask`` abstention covers them)."""
+def evaluate_questions(
+    search: Search, path: str | os.PathLike[str], *, k: int = 5, mode: str
+) -> QuestionsReport:
+    """hit@1, hit@k and MRR of ``search`` (:meth:`kb.KnowledgeBase.search`) over a JSONL of ``{"question",
+    "expected"}`` (unanswerable ones, with ``expected: []``, are not scored here: ``kb ask`` abstention covers
+    them)."""
     file = Path(path).expanduser()
     items = [(q, e) for q, e in read_questions(file) if e]
     if not items:
@@ -319,11 +355,16 @@ def evaluate_questions(search: Search, path: str | os.PathLike[str], *, k: int =
         t0 = time.perf_counter()
         hits = search(question, k, mode=mode)
         lat.append((time.perf_counter() - t0) * 1000)
-        rank = next((i + 1 for i, h in enumerate(hits) if any(_matches(e, h.path, h.heading) for e in expected)), None)
+        rank = next(
+            (i + 1 for i, h in enumerate(hits) if any(_matches(e, h.path, h.heading) for e in expected)), None
+        )
         results.append(QuestionResult(question, expected, rank, [f"{h.path}#{h.heading}" for h in hits]))
     n = len(results)
     return QuestionsReport(
-        questions_file=str(file), mode=mode, k=k, questions=n,
+        questions_file=str(file),
+        mode=mode,
+        k=k,
+        questions=n,
         hit_at_1=round(sum(r.rank == 1 for r in results) / n, 4),
         hit_at_k=round(sum(r.rank is not None for r in results) / n, 4),
         mrr=round(sum(1 / r.rank for r in results if r.rank) / n, 4),

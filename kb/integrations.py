@@ -1,20 +1,21 @@
 """kb inside llama-index: its hybrid, filtered retrieval as a llama-index retriever.
 
-    from kb import KnowledgeBase
-    retriever = KnowledgeBase.open("data").as_retriever(k=5, source_type="prd")
-    nodes = retriever.retrieve("How are notifications paginated?")   # NodeWithScore, citation metadata attached
+    from kb import KnowledgeBase retriever = KnowledgeBase.open("data").as_retriever(k=5, source_type="prd")
+    nodes = retriever.retrieve("How are notifications paginated?")   # NodeWithScore, citation metadata
+    attached
 
-Each node's metadata carries what a citation needs (path, start_line, end_line, heading, source_type, url), so a
-llama-index query engine built on it can still point at the exact lines. llama-index is imported only here.
+Each node's metadata carries what a citation needs (path, start_line, end_line, heading, source_type, url), so
+a llama-index query engine built on it can still point at the exact lines. llama-index is imported only here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from kb.service import Service
 
 
 class KbRetriever(BaseRetriever):
@@ -22,7 +23,7 @@ class KbRetriever(BaseRetriever):
 
     def __init__(
         self,
-        kb: Any,
+        kb: Service,
         k: int = 10,
         *,
         mode: str | None = None,
@@ -38,8 +39,13 @@ class KbRetriever(BaseRetriever):
         )
         out = []
         for h in hits:
-            meta = {"path": h.path, "start_line": h.start_line, "end_line": h.end_line, "heading": h.heading,
-                    "source_type": h.source_type}
+            meta = {
+                "path": h.path,
+                "start_line": h.start_line,
+                "end_line": h.end_line,
+                "heading": h.heading,
+                "source_type": h.source_type,
+            }
             if h.url:
                 meta["url"] = h.url
             node = TextNode(id_=h.chunk_id or f"{h.path}:{h.start_line}", text=h.text, metadata=meta)

@@ -7,7 +7,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 Progress = Callable[[str, int, int], None]
 """A progress callback: ``(stage, done, total)``; the CLI draws it as a bar (the library never prints)."""
@@ -21,8 +21,9 @@ class _Dict:
         return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Any:
-        """Rebuild from ``dataclasses.asdict`` output (how kb.serve.client carries results from ``kb watch``)."""
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild from ``dataclasses.asdict`` output (how kb.serve.client carries results from ``kb
+        watch``)."""
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         return cls(**{n: _revive(hints[n], data[n]) for n in names if n in data})
@@ -63,7 +64,9 @@ class Hit(_Dict):
     title: str | None = None
     url: str | None = None
     page: int | None = None
-    also_in: list[str] = field(default_factory=list)  # other sources holding the same text (folded into this hit)
+    also_in: list[str] = field(
+        default_factory=list
+    )  # other sources holding the same text (folded into this hit)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -133,8 +136,13 @@ class Answer(_Dict):
             "sentences": [s.to_dict() for s in self.sentences],
             "citations": [c.to_dict() for c in self.citations],
             "nearest": [
-                {"path": h.path, "start_line": h.start_line, "end_line": h.end_line, "heading": h.heading,
-                 "score": h.score}
+                {
+                    "path": h.path,
+                    "start_line": h.start_line,
+                    "end_line": h.end_line,
+                    "heading": h.heading,
+                    "score": h.score,
+                }
                 for h in self.nearest
             ],
         }

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ingest.layout import PERSONAS_DIR
 from kb.errors import PersonaFormatError, PersonaNotFoundError
 from kb.models import PersonaInfo
 
@@ -30,7 +31,9 @@ KNOWN_SECTIONS = {
 
 
 @dataclass
-class Resource:
+class ResourceLink:
+    """A link under a persona's resources section: ``[title](url) - why``."""
+
     title: str
     url: str
     why: str = ""
@@ -58,7 +61,7 @@ class Persona:
     context_files: list[tuple[str, str]] = field(default_factory=list)
     wont_do: list[Consideration] = field(default_factory=list)
     always_consider: list[Consideration] = field(default_factory=list)
-    key_resources: list[Resource] = field(default_factory=list)
+    key_resources: list[ResourceLink] = field(default_factory=list)
     collaborators: list[str] = field(default_factory=list)
     sections: dict[str, str] = field(default_factory=dict)
 
@@ -125,7 +128,8 @@ def parse_persona(text: str, name: str, origin: str = "bundled", path: str = "")
     if not title and not (KNOWN_SECTIONS & set(sections)):
         raise PersonaFormatError(
             f"{path or name} is not a persona: it has no '# Title' and none of the sections "
-            "'## Expertise', '## When to Consult Me', '## My Guardrails', ... (see personas/backend-engineer.md)."
+            "'## Expertise', '## When to Consult Me', '## My Guardrails', ... "
+            "(see personas/backend-engineer.md)."
         )
     p = Persona(
         name=name,
@@ -156,7 +160,8 @@ def parse_persona(text: str, name: str, origin: str = "bundled", path: str = "")
             p.context_files.append((m.group(1), m.group(2) or ""))
     guard = subsections.get("my guardrails", {})
     for sub_name, body in guard.items():
-        items = [Consideration(m.group(1).strip(), (m.group(2) or "").strip()) for m in map(_LABELLED.match, body) if m]
+        labelled = [m for m in map(_LABELLED.match, body) if m]
+        items = [Consideration(m.group(1).strip(), (m.group(2) or "").strip()) for m in labelled]
         if "always" in sub_name.lower():
             p.always_consider.extend(items)
         elif "won" in sub_name.lower() or "not" in sub_name.lower():
@@ -166,7 +171,8 @@ def parse_persona(text: str, name: str, origin: str = "bundled", path: str = "")
             for line in body:
                 m = _LINK.search(line)
                 if m:
-                    p.key_resources.append(Resource(m.group(1).strip(), m.group(2).strip(), (m.group(3) or "").strip()))
+                    link = ResourceLink(m.group(1).strip(), m.group(2).strip(), (m.group(3) or "").strip())
+                    p.key_resources.append(link)
     for line in sections.get("collaboration with other agents", []):
         b = _LABELLED.match(line)
         if b:
@@ -213,7 +219,7 @@ def get_persona(name: str, workspace_personas: Path | None) -> Persona:
     if key not in table:
         names = ", ".join(sorted(table)) or "(none)"
         raise PersonaNotFoundError(
-            f"No persona named {name!r}. Available: {names}. Add one as .workos/personas/{key}.md "
+            f"No persona named {name!r}. Available: {names}. Add one as {PERSONAS_DIR}/{key}.md "
             "(see personas/backend-engineer.md for the format)."
         )
     origin, path = table[key]  # type: ignore[misc]

@@ -13,7 +13,9 @@ Unknown keys in kb.toml are an error (``extra="forbid"``): a typo is reported, n
 from __future__ import annotations
 
 import contextvars
+import json
 import os
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -29,32 +31,47 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ingest.layout import DEFAULT_INCLUDE
 from kb.errors import ConfigError
 
-DEFAULT_INCLUDE = [".workos/context/**", "projects/prds/**", ".workos/resources/**"]
 DEFAULT_EMBEDDER = "st:all-MiniLM-L6-v2"
 
-_toml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("kb_toml", default={})
+_toml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("kb_toml")  # unset: {}
 
 
 class ResourcesSettings(BaseModel):
-    """``[resources]`` in kb.toml: which recommended resources are fetched, from where, and the fetcher's limits."""
+    """``[resources]`` in kb.toml: which recommended resources are fetched, from where, and the fetcher's
+    limits."""
 
     model_config = ConfigDict(extra="forbid")
 
-    personas: list[str] | None = Field(None, description="Personas whose Key Resources are used; unset: all.")
-    add: list[str] = Field(default_factory=list, description="More resource URLs.")
+    personas: list[str] | None = Field(
+        None,
+        description="Personas whose Key Resources are used; unset: all.",
+        examples=[["backend-engineer"]],
+    )
+    add: list[str] = Field(
+        default_factory=list, description='More resource URLs, e.g. ["https://example.org/handbook"].'
+    )
     drop: list[str] = Field(default_factory=list, description="Persona resource URLs to leave out.")
-    pin: list[str] = Field(default_factory=list, description="URLs whose cached copy is kept, never re-fetched.")
+    pin: list[str] = Field(
+        default_factory=list, description="URLs whose cached copy is kept, never re-fetched."
+    )
     mirror: dict[str, str] = Field(
-        default_factory=dict, description="URL -> local folder/file or http(s) mirror base to fetch it from."
+        default_factory=dict,
+        description="URL -> local folder/file or http(s) mirror base to fetch it from (air-gapped copies), "
+        'e.g. { "https://12factor.net/" = "/srv/mirrors/12factor" }.',
     )
     unavailable: dict[str, str] = Field(
-        default_factory=lambda: {"https://www.databass.dev/": "Database Internals is a book: no public text"},
+        default_factory=lambda: {
+            "https://www.databass.dev/": "Database Internals is a book: no public text",
+        },
         description="URL -> why it cannot be had (recorded, never fetched).",
     )
     allow_hosts: list[str] = Field(
-        default_factory=list, description="Hosts, IPs or CIDRs fetched even if loopback/private (tests, intranets)."
+        default_factory=list,
+        description="Hosts, IPs or CIDRs fetched even if loopback/private (tests, intranets): private "
+        'addresses are refused unless listed here, e.g. ["wiki.intranet.example"].',
     )
     max_age_hours: float = Field(168.0, ge=0, description="A copy older than this is stale and re-checked.")
     timeout_s: float = Field(20.0, gt=0, description="Seconds allowed for one HTTP response.")
@@ -77,7 +94,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_toml_data.get())
+        return dict(_toml_data.get({}))
 
 
 class Settings(BaseSettings):
@@ -88,38 +105,75 @@ class Settings(BaseSettings):
     embedder: str = Field(
         DEFAULT_EMBEDDER,
         description="Embedding model: 'st:<sentence-transformers name or local path>'. The default is the "
-        "bundled all-MiniLM-L6-v2.",
+        "bundled all-MiniLM-L6-v2. Changing it rebuilds the index automatically (vectors of two models never "
+        "mix).",
     )
     embedder_runtime: Literal["onnx", "torch"] = Field(
-        "onnx", description="'onnx' runs the same weights without torch (fast start); 'torch' uses them directly."
+        "onnx",
+        description="'onnx' runs the same weights without torch (fast start); 'torch' uses them directly.",
     )
     model_cache_dir: Path | None = Field(
-        None, description="Where the ONNX export of the model is kept; default: the index folder."
+        None,
+        description="Where the ONNX export of the model is kept; default: the index folder.",
+        examples=["/srv/kb-models"],
     )
     cache_dir: Path | None = Field(
-        None, description="Where kb eval keeps its dataset indexes; default: $XDG_CACHE_HOME/kb or ~/.cache/kb."
+        None,
+        description="Where kb eval keeps its dataset indexes; default: $XDG_CACHE_HOME/kb or ~/.cache/kb.",
+        examples=["~/.cache/kb"],
     )
-    include: list[str] = Field(default_factory=list, description="Extra glob patterns to index.")
-    exclude: list[str] = Field(default_factory=list, description="Glob patterns never to index.")
-    max_file_mb: float = Field(10.0, gt=0, description="Files larger than this are skipped.")
-    chunk_max_tokens: int = Field(256, ge=32, le=512, description="Token ceiling of a chunk (model window).")
-    top_k: int = Field(5, ge=1, le=100, description="Chunks retrieved for an answer.")
-    persona: str | None = Field(None, description="Default persona for kb ask ('auto': picked per question).")
+    include: list[str] = Field(
+        default_factory=list,
+        description='More glob patterns to index, relative to the workspace, e.g. ["docs/**/*.md"]. Indexed '
+        f"anyway: {', '.join(DEFAULT_INCLUDE)}.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description='Glob patterns never indexed, e.g. ["**/drafts/**"].'
+    )
+    max_file_mb: float = Field(
+        10.0, gt=0, description="Files larger than this many megabytes are skipped (and reported)."
+    )
+    chunk_max_tokens: int = Field(
+        256,
+        ge=32,
+        le=512,
+        description="Chunks never exceed this many model tokens (the model's window is 256).",
+    )
+    top_k: int = Field(5, ge=1, le=100, description="How many chunks an answer draws on.")
+    persona: str | None = Field(
+        None,
+        description="Default persona of kb ask ('auto': picked per question); unset: none.",
+        examples=["backend-engineer"],
+    )
     reranker: str | None = Field(
-        None, description="Optional second stage: 'cross-encoder:<local model folder>' (sentence-transformers)."
+        None,
+        description="Optional second stage: 'cross-encoder:<local model folder>' (sentence-transformers).",
+        examples=["cross-encoder:/path/to/a/local/cross-encoder"],
     )
     search_mode: Literal["hybrid", "dense", "bm25"] = Field(
         "hybrid", description="Retrieval: 'hybrid' (BM25 + dense vectors, fused), 'dense' or 'bm25'."
     )
-    answerer: str = Field("extractive", description="Answer backend.")
     llm: str = Field(
-        "extractive", description="Answer backend: 'extractive' (no model), 'openai-compatible[:MODEL]' or "
-        "'llama-cpp:PATH.gguf' (see kb/llm.py)."
+        "extractive",
+        description="Answer backend: 'extractive' (no model), 'openai-compatible[:MODEL]' or "
+        "'llama-cpp:PATH.gguf' (see kb/backends/llm.py). A model's answer is checked sentence by sentence "
+        "against the sources it cites.",
     )
-    llm_base_url: str = Field("http://127.0.0.1:8080/v1", description="OpenAI-compatible API base URL.")
-    llm_model: str | None = Field(None, description="Model name for the API; unset: the server's only model.")
+    llm_base_url: str = Field(
+        "http://127.0.0.1:8080/v1",
+        description="OpenAI-compatible API base URL: Ollama, llama.cpp's server, vLLM, LM Studio, a hosted "
+        "API.",
+    )
+    llm_model: str | None = Field(
+        None,
+        description="Model name for the API; unset: the server's only model.",
+        examples=["qwen2.5-7b-instruct"],
+    )
     llm_api_key: SecretStr | None = Field(
-        None, description="API key (sent as a Bearer token; never printed); prefer KB_LLM_API_KEY."
+        None,
+        description="API key (sent as a Bearer token; never printed). Keep it out of this file: set "
+        "KB_LLM_API_KEY.",
+        examples=["..."],
     )
     llm_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the model (connect, each read).")
     llm_retries: int = Field(2, ge=0, le=10, description="Retries on transient errors (429, 5xx, timeouts).")
@@ -134,7 +188,7 @@ class Settings(BaseSettings):
     )
     resources: ResourcesSettings = Field(
         default_factory=lambda: ResourcesSettings.model_validate({}),
-        description="[resources]: recommended resources (kb resources).",
+        description="The personas' recommended resources (kb resources list|fetch|import).",
     )
 
     @field_validator("embedder")
@@ -170,7 +224,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}. Fix it or delete it (kb init writes a fresh one).")
+        raise ConfigError(
+            f"{path} is not valid TOML: {exc}. Fix it or delete it (kb init writes a fresh one)."
+        ) from None
 
 
 def load_settings(toml_path: Path | None = None, **overrides: Any) -> Settings:
@@ -188,3 +244,65 @@ def load_settings(toml_path: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"Invalid settings{where}: {problems}.") from None
     finally:
         _toml_data.reset(token)
+
+
+# --- the commented kb.toml ``kb init`` writes ---------------------------------------------------------------
+
+_TOML_HEADER = """\ # kb.toml: settings of this kb workspace. Every key is optional; the values shown are the
+defaults. # Precedence: command-line flags > KB_* environment variables > this file > defaults.
+"""
+
+
+def toml_value(value: Any) -> str:
+    """``value`` written as TOML (strings, numbers, booleans, paths, lists and tables of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        return f"{value:_}" if abs(value) >= 10_000 else str(value)  # TOML allows 5_000_000
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{json.dumps(str(k), ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items()]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _commented_fields(model: type[BaseModel]) -> list[str]:
+    lines: list[str] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            continue  # a table: written after the plain keys
+        default = info.get_default(call_default_factory=True)
+        lines.append("")
+        lines += textwrap.wrap(
+            info.description or name,
+            width=108,
+            initial_indent="# ",
+            subsequent_indent="# ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        if default is None:
+            example = toml_value(info.examples[0]) if info.examples else '""'
+            lines.append(f"# {name} = {example}  # unset by default")
+        else:
+            lines.append(f"# {name} = {toml_value(default)}")
+    return lines
+
+
+def toml_template() -> str:
+    """The commented kb.toml of ``kb init``: every key of :class:`Settings` with its description and default
+    (generated from the model, so it cannot drift from it). All lines are comments: the defaults apply."""
+    lines = [_TOML_HEADER.rstrip("\n"), *_commented_fields(Settings)]
+    for name, info in Settings.model_fields.items():
+        table = info.annotation
+        if isinstance(table, type) and issubclass(table, BaseModel):
+            lines += ["", "", f"# {info.description or name}", f"# [{name}]", *_commented_fields(table)]
+    return "\n".join(lines) + "\n"

@@ -11,54 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest.layout import CONFIG_NAME, PERSONAS_DIR, SCAFFOLD_DIRS, STATE_DIR, WORKOS_DIR
 from kb.errors import WorkspaceNotFoundError
-
-STATE_DIRNAME = ".kb"
-
-KB_TOML_TEMPLATE = """\
-# kb.toml: settings of this kb workspace. Every key is optional; the values shown are the defaults.
-# Precedence: command-line flags > KB_* environment variables > this file > defaults.
-
-# Embedding model: 'st:<sentence-transformers model name or local path>'.
-# Changing it rebuilds the index automatically (vectors of two models never mix).
-# embedder = "st:all-MiniLM-L6-v2"
-
-# 'onnx' runs the same weights without importing torch (fast start); 'torch' runs them with PyTorch.
-# embedder_runtime = "onnx"
-
-# Indexed by default: .workos/context/**, projects/prds/**, .workos/resources/**
-# include = ["docs/**/*.md"]       # more globs, relative to the workspace
-# exclude = ["**/drafts/**"]       # globs never indexed
-
-# Files larger than this many megabytes are skipped (and reported).
-# max_file_mb = 10
-
-# Chunks never exceed this many model tokens (the model's window is 256).
-# chunk_max_tokens = 256
-
-# How many chunks an answer draws on, and the default persona of `kb ask`.
-# top_k = 5
-# persona = "backend-engineer"
-
-# Below this cosine similarity to the question a sentence is not used as evidence.
-# min_relevance = 0.35
-
-# Retrieval: 'hybrid' (BM25 + dense vectors), 'dense' or 'bm25'; an optional cross-encoder second stage.
-# search_mode = "hybrid"
-# reranker = "cross-encoder:/path/to/a/local/cross-encoder"
-
-# Answers written by a language model (every sentence is then checked against the source it cites):
-# llm = "extractive"                        # or "openai-compatible", "llama-cpp:/path/model.gguf"
-# llm_base_url = "http://127.0.0.1:8080/v1" # Ollama, llama.cpp's server, vLLM, LM Studio, a hosted API
-# llm_model = "..."                         # the key: KB_LLM_API_KEY (keep it out of this file)
-
-# The personas' recommended resources (kb resources list|fetch|import):
-# [resources]
-# add = ["https://example.org/handbook"]    # more URLs; drop = [...] leaves a persona's out
-# mirror = { "https://12factor.net/" = "/srv/mirrors/12factor" }   # air-gapped copies
-# allow_hosts = ["wiki.intranet.example"]   # private addresses are refused unless listed here
-# max_age_hours = 168
-"""
 
 
 @dataclass(frozen=True)
@@ -69,19 +23,19 @@ class Workspace:
 
     @property
     def workos(self) -> Path:
-        return self.root / ".workos"
+        return self.root / WORKOS_DIR
 
     @property
     def state_dir(self) -> Path:
-        return self.workos / STATE_DIRNAME
+        return self.root / STATE_DIR
 
     @property
     def config_path(self) -> Path:
-        return self.root / "kb.toml"
+        return self.root / CONFIG_NAME
 
     @property
     def personas_dir(self) -> Path:
-        return self.workos / "personas"
+        return self.root / PERSONAS_DIR
 
     def ensure_state_dir(self) -> Path:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -92,12 +46,13 @@ class Workspace:
 
 
 def _is_workspace(path: Path) -> bool:
-    return (path / ".workos").is_dir()
+    return (path / WORKOS_DIR).is_dir()
 
 
 def find_workspace(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Workspace:
     """Locate the workspace: ``explicit``, else ``$KB_WORKSPACE``, else walk up from ``cwd``."""
-    for given, origin in ((explicit, "--workspace"), (os.environ.get("KB_WORKSPACE") or None, "KB_WORKSPACE")):
+    given_env = os.environ.get("KB_WORKSPACE") or None
+    for given, origin in ((explicit, "--workspace"), (given_env, "KB_WORKSPACE")):
         if given:
             path = Path(given).expanduser().resolve()
             if not path.is_dir():
@@ -119,18 +74,23 @@ def find_workspace(explicit: str | os.PathLike[str] | None = None, cwd: Path | N
 
 
 def init_workspace(path: str | os.PathLike[str]) -> tuple[Workspace, list[str]]:
-    """Scaffold a workspace at ``path``; returns it and the files/folders created (existing ones are kept)."""
+    """Scaffold a workspace at ``path``; returns it and the files/folders created (existing ones are kept).
+
+    The kb.toml written lists every setting, commented out, with its description and default
+    (:func:`kb.settings.toml_template`)."""
+    from kb.settings import toml_template
+
     root = Path(path).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise WorkspaceNotFoundError(f"{root} exists and is not a folder; choose another path for kb init.")
     created: list[str] = []
-    for sub in (".workos/context", ".workos/personas", "projects/prds"):
+    for sub in SCAFFOLD_DIRS:
         folder = root / sub
         if not folder.exists():
             folder.mkdir(parents=True)
             created.append(sub + "/")
-    toml = root / "kb.toml"
+    toml = root / CONFIG_NAME
     if not toml.exists():
-        toml.write_text(KB_TOML_TEMPLATE, encoding="utf-8")
-        created.append("kb.toml")
+        toml.write_text(toml_template(), encoding="utf-8")
+        created.append(CONFIG_NAME)
     return Workspace(root), created

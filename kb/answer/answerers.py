@@ -1,18 +1,22 @@
-"""The one answering seam: ``llm`` names the answerer, a :class:`kb.backends.llm.Generator` is the model.
+"""The one answering seam: the ``llm`` setting names the answer's backend, a
+:class:`kb.backends.llm.Generator` is the model.
 
 * ``extractive`` (the default): :class:`kb.answer.extractive.ExtractiveAnswerer`, no model, every sentence a
   verbatim quote;
-* anything else: :class:`kb.answer.generated.LLMAnswerer` over the generator that ``llm`` names (or the one
-  injected with ``KnowledgeBase(generator=...)``), its answer verified sentence by sentence.
+* anything else: :class:`kb.answer.generated.LLMAnswerer` over the generator that ``llm`` names, or over the
+  one injected with ``KnowledgeBase.open(path, generator=...)``, its answer verified sentence by sentence.
 
-Every answerer returns an :class:`kb.models.Answer` whose ``sentences`` carry their citations.
+A generator is the one thing a user implements; answerers are kb's. Every answerer returns an
+:class:`kb.models.Answer` whose ``sentences`` carry their citation ids, so nothing reads the rendered text
+back.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from kb.answer.extractive import Embed, Evidence, ExtractiveAnswerer
+from kb.answer.evidence import Embed, Evidence
+from kb.answer.extractive import ExtractiveAnswerer
 from kb.answer.generated import LLMAnswerer
 from kb.backends.llm import Generator, make_generator
 from kb.models import Answer, OnToken
@@ -38,9 +42,12 @@ def make_answerer(
     cache: dict[str, Generator] | None = None,
     on_token: OnToken | None = None,
 ) -> Answerer:
-    """The answerer for ``spec`` (``None``: the injected generator); generators are built once into ``cache``."""
+    """The answerer for ``spec``; ``None`` means the injected generator, or the ``llm`` setting without one.
+
+    Generators named by a spec are built once into ``cache``.
+    """
     generator: Generator | None
-    if spec is None and injected is not None:
+    if not spec and injected is not None:
         generator = injected
     else:
         key = (spec or settings.llm).strip()

@@ -1,106 +1,23 @@
 """``ExtractiveAnswerer``, the default answerer: it needs no language model.
 
-The extractive answerer composes its answer only from sentences that are in the retrieved chunks, each quoted
-verbatim with its file and exact line range, so it cannot say anything its sources do not say. The persona shapes
-the answer: its "What I Always Consider" priorities decide which further evidence is looked for and how the
-answer is organised (one section per priority that the sources speak to).
+The extractive answerer composes its answer only from sentences that are in the retrieved chunks
+(:func:`kb.answer.evidence.sentences_of`), each quoted verbatim with its file and exact line range, so it
+cannot say anything its sources do not say. The persona shapes the answer: its "What I Always Consider"
+priorities decide which further evidence is looked for and how the answer is organised (one section per
+priority that the sources speak to). The answer comes back structured: ``Answer.sentences``, each with its
+citation id, next to the rendered markdown.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from kb.models import Answer, AnswerSentence, Citation, Hit
+from kb.answer.evidence import Embed, Evidence, Sentence, sentences_of
+from kb.models import Answer, AnswerSentence, Citation
 from kb.personas import Consideration, Persona
 from kb.prompts import CANNOT_ANSWER
 
-Embed = Callable[[Sequence[str]], np.ndarray]
-
-
-@dataclass
-class Evidence:
-    """What retrieval hands an answerer: the hits for the question, and per persona priority its own hits."""
-
-    question: str
-    hits: list[Hit]
-    aspects: dict[str, list[Hit]] = field(default_factory=dict)
-    aspect_vectors: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
-class Sentence:
-    text: str  # whitespace-normalised, verbatim otherwise
-    hit: Hit
-    start_line: int
-    end_line: int
-
-
-_FENCE = re.compile(r"^\s*(```|~~~)")
-_HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
-_TABLE_SEP = re.compile(r"^\s*\|?\s*:?-{2,}")
-_LIST = re.compile(r"^\s*(?:[-*+]|\d{1,3}[.)])\s+")
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[*`])")
-_ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|no|fig)\.$", re.I)
-
-
-def sentences_of(hit: Hit) -> list[Sentence]:
-    """Split a chunk into sentences (and table rows), each with the exact lines it occupies."""
-    lines = hit.text.split("\n")
-    out: list[Sentence] = []
-    in_code = False
-    para: list[tuple[int, str]] = []
-
-    def flush() -> None:
-        if not para:
-            return
-        joined = ""
-        offsets: list[tuple[int, int]] = []  # (char offset in joined, line number)
-        for ln, text in para:
-            if joined:
-                joined += "\n"
-            offsets.append((len(joined), ln))
-            joined += text
-        starts = [0]
-        for m in _BOUNDARY.finditer(joined):
-            if not _ABBREV.search(joined[: m.start() + 1]):
-                starts.append(m.end())
-        starts.append(len(joined))
-        for a, b in zip(starts, starts[1:]):
-            raw = joined[a:b]
-            text = " ".join(raw.split())
-            text = _LIST.sub("", text, count=1) if a == 0 else text
-            if len(text.split()) < 4:
-                continue
-            first = max(ln for off, ln in offsets if off <= a)
-            last = max(ln for off, ln in offsets if off <= max(a, b - 1))
-            out.append(Sentence(text, hit, first, last))
-        para.clear()
-
-    for i, line in enumerate(lines):
-        ln = hit.start_line + i
-        if _FENCE.match(line):
-            flush()
-            in_code = not in_code
-            continue
-        if in_code or not line.strip() or _HEADING.match(line):
-            flush()
-            continue
-        if line.lstrip().startswith("|"):
-            flush()
-            if not _TABLE_SEP.match(line.strip().lstrip("|")):
-                cells = [c.strip() for c in line.strip().strip("|").split("|")]
-                if len([c for c in cells if c]) >= 2 and len(" ".join(cells).split()) >= 3:
-                    out.append(Sentence(" ".join(line.split()), hit, ln, ln))
-            continue
-        if _LIST.match(line):
-            flush()
-        para.append((ln, line))
-    flush()
-    return out
+__all__ = ["Embed", "Evidence", "ExtractiveAnswerer"]  # Embed, Evidence: from kb.answer.evidence
 
 
 class ExtractiveAnswerer:
@@ -129,7 +46,11 @@ class ExtractiveAnswerer:
         ]
         vecs = self.embed([question] + [s.text for s in sentences])
         qv, sv = vecs[0], vecs[1:]
-        av = np.stack([evidence.aspect_vectors[a.label] for a in aspects]) if aspects else np.zeros((0, len(qv)))
+        av = (
+            np.stack([evidence.aspect_vectors[a.label] for a in aspects])
+            if aspects
+            else np.zeros((0, len(qv)))
+        )
         rel = sv @ qv
         order = np.argsort(-rel)
         if rel[order[0]] < self.min_relevance:
@@ -140,7 +61,7 @@ class ExtractiveAnswerer:
         def novel(i: int) -> bool:
             return all(float(sv[i] @ sv[j]) < 0.92 for j in chosen)
 
-        direct = []
+        direct: list[int] = []
         for i in order:
             if rel[i] < self.min_relevance or len(direct) >= self.max_direct:
                 break
@@ -149,17 +70,23 @@ class ExtractiveAnswerer:
                 chosen.append(int(i))
         sections: list[tuple[str, list[int]]] = []
         if aspects:
-            # A sentence may serve a priority when it is about the question (a looser bar) and about the priority.
+            # A sentence may serve a priority when it is about the question (a looser bar) and about the
+            # priority.
             floor = self.min_relevance * 0.7
             aspect_sim = sv @ av.T  # (sentences, aspects)
             best_aspect = aspect_sim.argmax(axis=1)
             for a_idx, aspect in enumerate(aspects):
-                picks = []
+                picks: list[int] = []
                 for i in np.argsort(-(aspect_sim[:, a_idx] + rel)):
                     if len(picks) >= self.per_aspect:
                         break
                     i = int(i)
-                    if i in chosen or rel[i] < floor or best_aspect[i] != a_idx or aspect_sim[i, a_idx] < 0.15:
+                    if (
+                        i in chosen
+                        or rel[i] < floor
+                        or best_aspect[i] != a_idx
+                        or aspect_sim[i, a_idx] < 0.15
+                    ):
                         continue
                     if novel(i):
                         picks.append(i)
@@ -191,7 +118,9 @@ class ExtractiveAnswerer:
         parts: list[str] = []
         sources = {sentences[i].hit.path for i in chosen}
         if title:
-            parts.append(f"**{title}** · {len(sources)} source{'s' if len(sources) != 1 else ''} in the knowledge base")
+            parts.append(
+                f"**{title}** · {len(sources)} source{'s' if len(sources) != 1 else ''} in the knowledge base"
+            )
             parts.append("")
         said: list[AnswerSentence] = []
 

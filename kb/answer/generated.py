@@ -1,7 +1,8 @@
-"""``LLMAnswerer``: an :class:`kb.answer.answerers.Answerer` whose answers a language model writes and kb then checks.
+"""``LLMAnswerer``: the :class:`kb.answer.answerers.Answerer` whose answers a language model writes.
 
-retrieval (kb.api) → :func:`kb.answer.grounding.build_prompt` → ``Generator.generate`` (streamed) →
-:func:`kb.answer.grounding.verify` → :class:`kb.models.Answer` with ``sentences`` and verbatim, line-exact citations.
+retrieval (:class:`kb.answer.query.Query`) → :func:`kb.answer.grounding.build_prompt` → ``Generator.generate``
+(streamed) → :func:`kb.answer.verify.verify` → :class:`kb.models.Answer` with ``sentences`` (each with its
+citation ids and whether they support it) and verbatim, line-exact citations.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from kb.answer.extractive import Embed, Evidence
+from kb.answer.evidence import Embed, Evidence
 from kb.answer.grounding import Prompt, build_prompt, estimate_tokens
 from kb.answer.verify import verify
 from kb.backends.llm import Generator

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kb.answer.extractive import Embed
+from kb.answer.evidence import Embed
 from kb.personas import Persona
 
 

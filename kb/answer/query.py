@@ -1,8 +1,9 @@
-"""Search and ask over an :class:`kb.index.engine.IndexEngine`: retrieval, folding, persona steering, answering.
+"""Search and ask over an :class:`kb.index.engine.IndexEngine`: retrieval, folding, persona steering,
+answering.
 
 ``kb ask`` flows: question → :func:`kb.answer.retrieval.retrieve` (hybrid) → optional rerank → hits (rows read
-from the manifest, near-duplicates folded) → per persona priority, a steered dense search → :class:`Evidence` →
-the answerer named by ``llm`` (extractive, or a language model whose answer is verified) → :class:`Answer`.
+from the manifest, near-duplicates folded) → per persona priority, a steered dense search → :class:`Evidence`
+→ the answerer named by ``llm`` (extractive, or a language model whose answer is verified) → :class:`Answer`.
 """
 
 from __future__ import annotations
@@ -108,10 +109,14 @@ class Query:
                 manifest, retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8), 3
             )
             evidence.aspect_vectors[aspect.label] = vec
-        spec = llm or (None if self.generator is not None else self.settings.llm)
-        answerer = make_answerer(
-            spec, self.settings, self.engine.embedder.embed, self.engine.embed_cached,
-            injected=self.generator, cache=self._generators, on_token=on_token,
+        answerer = make_answerer(  # llm None: the injected generator, else the `llm` setting
+            llm,
+            self.settings,
+            self.engine.embedder.embed,
+            self.engine.embed_cached,
+            injected=self.generator,
+            cache=self._generators,
+            on_token=on_token,
         )
         answer = answerer.answer(evidence, chosen)
         answer.persona_picked = picked
@@ -137,7 +142,8 @@ class Query:
         return (pick.persona, True) if pick else (None, False)
 
     def _aspect_texts(self, persona: Persona | None) -> list[str]:
-        """Each "What I Always Consider" priority, enriched with the persona's closest expertise/principle lines."""
+        """Each "What I Always Consider" priority, enriched with the persona's closest expertise/principle
+        lines."""
         if persona is None or not persona.always_consider:
             return []
         base = [f"{a.label}: {a.description}" for a in persona.always_consider]
@@ -157,7 +163,9 @@ def clean_query(text: str) -> str:
     """Whitespace folded, at most :data:`MAX_QUERY_CHARS`; an empty question is an error."""
     text = " ".join(text.split())
     if not text:
-        raise KbError("The question is empty. Ask something, e.g.: kb ask \"Who owns the notifications service?\"")
+        raise KbError(
+            'The question is empty. Ask something, e.g.: kb ask "Who owns the notifications service?"'
+        )
     return text[:MAX_QUERY_CHARS]
 
 

@@ -1,9 +1,10 @@
 """Hybrid retrieval: dense vectors (Chroma) and BM25 (FTS5 in the manifest), fused; metadata filters; folding.
 
 Fusion is a convex combination of the two scores after normalising each list against its own best and worst
-candidate (min-max over the top ``CANDIDATES``), which keeps how *much* better one chunk is than another — rank
-fusion (RRF) throws that away. The weight and candidate depth were chosen on the SciFact train split only, with
-2-fold cross-validation inside it (``benchmarks/bench_retrieval.py``); the test split was never looked at.
+candidate (min-max over the top ``CANDIDATES``), which keeps how *much* better one chunk is than another —
+rank fusion (RRF) throws that away. The weight and candidate depth were chosen on the SciFact train split
+only, with 2-fold cross-validation inside it (``benchmarks/bench_retrieval.py``); the test split was never
+looked at.
 """
 
 from __future__ import annotations
@@ -26,23 +27,27 @@ Mode = Literal["hybrid", "dense", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
 SOURCE_TYPES: tuple[str, ...] = ("context", "prd", "resource", "other")
 
-#: Weight of the dense score in the fusion (the rest is BM25's). Tuned on SciFact train (see module docstring).
+#: Weight of the dense score in the fusion (the rest is BM25's). Tuned on SciFact train (see the module :
+# docstring).
 DENSE_WEIGHT = 0.5
-#: Dense candidates, and lexical sections, each side contributes before fusion (sections expand to at most twice
-#: as many chunks).
+#: Dense candidates, and lexical sections, each side contributes before fusion (sections expand to at most :
+# twice as many chunks).
 CANDIDATES = 200
 
 
 @dataclass(frozen=True)
 class Filters:
-    """Metadata filters: keep chunks whose source type is one of ``source_types`` and whose path matches one of
-    ``paths`` (shell globs on the workspace-relative path, ``*`` crossing folders). Empty means no constraint."""
+    """Metadata filters: keep chunks whose source type is one of ``source_types`` and whose path matches one
+    of ``paths`` (shell globs on the workspace-relative path, ``*`` crossing folders). Empty means no
+    constraint."""
 
     source_types: tuple[str, ...] = ()
     paths: tuple[str, ...] = ()
 
     @classmethod
-    def make(cls, source_type: str | Sequence[str] | None = None, path: str | Sequence[str] | None = None) -> Filters:
+    def make(
+        cls, source_type: str | Sequence[str] | None = None, path: str | Sequence[str] | None = None
+    ) -> Filters:
         types = (source_type,) if isinstance(source_type, str) else tuple(source_type or ())
         globs = (path,) if isinstance(path, str) else tuple(path or ())
         types = tuple(t.strip() for part in types for t in part.split(",") if t.strip())
@@ -85,8 +90,12 @@ def fuse(
     floor = min(raw_d.values(), default=0.0)
     top = lexical_max if lexical_max > 0 else max(raw_l.values(), default=1.0) or 1.0
     out = [
-        Scored(cid, weight * raw_d.get(cid, floor) + (1 - weight) * raw_l.get(cid, 0.0) / top,
-               raw_d.get(cid), raw_l.get(cid))
+        Scored(
+            cid,
+            weight * raw_d.get(cid, floor) + (1 - weight) * raw_l.get(cid, 0.0) / top,
+            raw_d.get(cid),
+            raw_l.get(cid),
+        )
         for cid in dict.fromkeys([*raw_d, *raw_l])
     ]
     out.sort(key=lambda s: -s.score)
@@ -130,7 +139,9 @@ def retrieve(
         scored = [Scored(c, s / top, lexical=s) for c, s in lexical]
     else:
         scored = fuse(dense, lexical, top, weight)
-    return within_sections(manifest, scored, weights, top, max(3 * k, 30), 1.0 if mode == "bm25" else 1 - weight)
+    return within_sections(
+        manifest, scored, weights, top, max(3 * k, 30), 1.0 if mode == "bm25" else 1 - weight
+    )
 
 
 def within_sections(
@@ -138,11 +149,11 @@ def within_sections(
 ) -> list[Scored]:
     """Order the chunks of one section by their own term matches.
 
-    Every chunk of a section carries the section's BM25 score, so among the top ``window`` candidates a chunk that
-    covers less of the query's IDF weight than its best sibling loses that fraction of its (normalised, ``/ top``)
-    lexical score, scaled by the lexical ``share`` of the fusion. The best-covering chunk of each section keeps its
-    score; single-chunk sections are untouched. (Looking up ``INC-2024-031`` lands on that incident's line, not on
-    its neighbour in the same list.)
+    Every chunk of a section carries the section's BM25 score, so among the top ``window`` candidates a chunk
+    that covers less of the query's IDF weight than its best sibling loses that fraction of its (normalised,
+    ``/ top``) lexical score, scaled by the lexical ``share`` of the fusion. The best-covering chunk of each
+    section keeps its score; single-chunk sections are untouched. (Looking up ``INC-2024-031`` lands on that
+    incident's line, not on its neighbour in the same list.)
     """
     head = [s for s in scored[:window] if s.lexical]
     if not head or not weights:
@@ -178,7 +189,7 @@ def rerank(reranker: Reranker, manifest: Manifest, query: str, scored: list[Scor
     new = list(reranker.score(query, [rows[s.chunk_id].text for s in head]))
     if len(new) != len(head):
         raise KbError(f"The reranker returned {len(new)} scores for {len(head)} passages.")
-    for s, value in zip(head, new):
+    for s, value in zip(head, new, strict=True):
         s.extra["fused"] = s.score
         s.score = float(value)
     return sorted(head, key=lambda s: -s.score) + tail
@@ -192,8 +203,8 @@ def word_set(text: str) -> frozenset[str]:
 
 
 def near_duplicate(a: str | frozenset[str], b: str | frozenset[str], threshold: float = 0.9) -> bool:
-    """Whether two chunk texts (or their :func:`word_set`) say the same thing: Jaccard similarity of their word
-    sets ≥ ``threshold``."""
+    """Whether two chunk texts (or their :func:`word_set`) say the same thing: Jaccard similarity of their
+    word sets ≥ ``threshold``."""
     sa = a if isinstance(a, frozenset) else word_set(a)
     sb = b if isinstance(b, frozenset) else word_set(b)
     if not sa or not sb:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kb.answer.extractive import Embed, sentences_of
+from kb.answer.evidence import Embed, sentences_of
 from kb.answer.grounding import Prompt, sanitize_output
 from kb.models import AnswerSentence, Citation, Hit
 from kb.prompts import CANNOT_ANSWER, LINK_REMOVED, UNSUPPORTED_MARK

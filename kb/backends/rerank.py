@@ -10,7 +10,9 @@ from kb.errors import ConfigError
 
 
 class Reranker(Protocol):
-    """A second stage that re-scores the fused candidates (e.g. a cross-encoder). Returns new scores, same order."""
+    """A second stage that re-scores the fused candidates (e.g. a cross-encoder).
+
+    Returns new scores, in the order of ``texts``."""
 
     def score(self, query: str, texts: Sequence[str]) -> Sequence[float]: ...
 
@@ -23,8 +25,8 @@ class CrossEncoderReranker:
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise ConfigError(
-                f"Reranker model folder {folder} not found. Set reranker = \"cross-encoder:<local folder>\" to a "
-                "downloaded sentence-transformers cross-encoder, or remove the setting."
+                f'Reranker model folder {folder} not found. Set reranker = "cross-encoder:<local folder>" '
+                "to a downloaded sentence-transformers cross-encoder, or remove the setting."
             )
         self.path = folder
         self._model: Any = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -10,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kb.models import Answer, Hit, IndexReport, Status
-from kb.prompts import NEAREST_SOURCES
+from kb.prompts import DRAFT_HEADER, NEAREST_SOURCES, PERSONA_PICKED
 
 _STAGES = {"scan": "Reading files", "embed": "Embedding chunks", "write": "Writing index", "done": "Done"}
 
@@ -20,10 +21,18 @@ class ProgressReporter:
 
     def __init__(self, console: Console, enabled: bool):
         self.enabled = enabled
-        self._progress = Progress(
-            TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
-        ) if enabled else None
+        self._progress = (
+            Progress(
+                TextColumn("{task.description:<18}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            if enabled
+            else None
+        )
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> ProgressReporter:
@@ -41,6 +50,34 @@ class ProgressReporter:
         if stage not in self._tasks:
             self._tasks[stage] = self._progress.add_task(_STAGES.get(stage, stage), total=total or 1)
         self._progress.update(self._tasks[stage], completed=done, total=total or 1)
+
+
+class DraftPrinter:
+    """An ``on_token`` callback: a language model's draft as it streams, made safe to show (no URLs, no
+    escapes), on stderr under a dim header. :meth:`close` ends it (nothing when no token came)."""
+
+    def __init__(self, err: Console):
+        from kb.answer.grounding import StreamFilter  # here, not at the top: kb.answer imports numpy
+
+        self.err = err
+        self.filter = StreamFilter()
+
+    def __call__(self, piece: str) -> None:
+        if not self.filter.started:
+            self.filter.started = True
+            self.err.print(DRAFT_HEADER, style="dim")
+        sys.stderr.write(self.filter.feed(piece))
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.filter.started:
+            sys.stderr.write(self.filter.close() + "\n\n")
+
+
+def print_persona_picked(err: Console, a: Answer) -> None:
+    """Which persona kb picked for the question (when it picked one), as a dim line on stderr."""
+    if a.persona_picked and a.persona_title:
+        err.print(PERSONA_PICKED.format(title=a.persona_title), style="dim")
 
 
 def print_index_report(out: Console, r: IndexReport) -> None:
@@ -77,18 +114,23 @@ def print_answer(out: Console, a: Answer) -> None:
         if a.nearest:
             out.print(NEAREST_SOURCES)
             for h in a.nearest:
-                out.print(f"  - {escape(h.path)}:{h.start_line}-{h.end_line} › {escape(h.heading)} ({h.score:.2f})")
+                where = f"{escape(h.path)}:{h.start_line}-{h.end_line}"
+                out.print(f"  - {where} › {escape(h.heading)} ({h.score:.2f})")
         return
     out.print(escape(a.answer).replace("\\[", "["))
     out.print()
     out.print("[bold]Sources[/]")
     for c in a.citations:
         out.print(f"[{c.id}] {escape(c.location)}" + (f"  {escape(c.url)}" if c.url else ""))
-        out.print(f"    \"{escape(c.quote)}\"", style="dim")
+        out.print(f'    "{escape(c.quote)}"', style="dim")
 
 
 def print_status(out: Console, st: Status) -> None:
-    when = dt.datetime.fromtimestamp(st.last_indexed_at).isoformat(timespec="seconds") if st.last_indexed_at else "never"
+    when = (
+        dt.datetime.fromtimestamp(st.last_indexed_at).isoformat(timespec="seconds")
+        if st.last_indexed_at
+        else "never"
+    )
     out.print(f"workspace     {escape(st.workspace)}")
     out.print(f"index folder  {escape(st.index_dir)}")
     out.print(f"model         {escape(st.model)} ({st.embedder_runtime})")
@@ -99,16 +141,23 @@ def print_status(out: Console, st: Status) -> None:
 
 def print_eval(out: Console, reports: list[Any]) -> None:
     r0 = reports[0]
-    out.print(f"{escape(r0.dataset)} ({r0.split}): {r0.queries} queries, {r0.documents} documents, {r0.chunks} chunks")
+    out.print(
+        f"{escape(r0.dataset)} ({r0.split}): {r0.queries} queries, {r0.documents} documents, "
+        f"{r0.chunks} chunks"
+    )
     out.print(f"{'mode':<8} {'nDCG@10':>8} {'Recall@100':>11} {'MRR@10':>8} {'p50 ms':>8} {'p95 ms':>8}")
     for r in reports:
-        out.print(f"{r.mode:<8} {r.ndcg_at_10:>8.4f} {r.recall_at_100:>11.4f} {r.mrr_at_10:>8.4f} "
-                  f"{r.latency_ms_p50:>8.1f} {r.latency_ms_p95:>8.1f}")
+        out.print(
+            f"{r.mode:<8} {r.ndcg_at_10:>8.4f} {r.recall_at_100:>11.4f} {r.mrr_at_10:>8.4f} "
+            f"{r.latency_ms_p50:>8.1f} {r.latency_ms_p95:>8.1f}"
+        )
 
 
 def print_questions_eval(out: Console, r: Any) -> None:
     for q in r.results:
         mark = f"#{q.rank}" if q.rank else "missed"
         out.print(f"{mark:>7}  {escape(q.question)}")
-    out.print(f"{r.questions} questions ({r.mode}): hit@1 {r.hit_at_1:.2f}  hit@{r.k} {r.hit_at_k:.2f}  "
-              f"MRR {r.mrr:.3f}  p50 {r.latency_ms_p50:.1f} ms")
+    out.print(
+        f"{r.questions} questions ({r.mode}): hit@1 {r.hit_at_1:.2f}  hit@{r.k} {r.hit_at_k:.2f}  "
+        f"MRR {r.mrr:.3f}  p50 {r.latency_ms_p50:.1f} ms"
+    )

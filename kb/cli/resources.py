@@ -1,4 +1,5 @@
-"""``kb resources list|fetch|import``: the personas' recommended resources (a thin client of KnowledgeBase)."""
+"""``kb resources list|fetch|import``: the personas' recommended resources (a thin client of
+:class:`kb.KnowledgeBase`)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from kb.cli import JsonOpt, WorkspaceOpt, _fail, _json, _open, err, out
-from kb.errors import KbError
+from kb.cli.group import command_group
+from kb.cli.options import JsonOpt, WorkspaceOpt, library, out, print_json, progress_bar
 from kb.models import ResourceFetchReport
 
-resources_app: typer.Typer = typer.Typer(
-    name="resources",
-    help=(
-        "The personas' recommended resources: fetched into .workos/resources/, kept fresh, cited by URL.\n\n"
-        "Examples:\n\n"
-        "  kb resources list\n\n"
-        "  kb resources fetch\n\n"
-        "  kb resources import ./mirror/12factor --url https://12factor.net/"
-    ),
-    no_args_is_help=True,
-    rich_markup_mode=None,
+resources_app = command_group(
+    "resources",
+    "The personas' recommended resources: fetched into .workos/resources/, kept fresh, cited by URL.\n\n"
+    "Examples:\n\n"
+    "  kb resources list\n\n"
+    "  kb resources fetch\n\n"
+    "  kb resources import ./mirror/12factor --url https://12factor.net/",
 )
 
 _COLOURS = {
@@ -44,12 +41,9 @@ def list_(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
 
     Example: kb resources list --json
     """
-    try:
-        items = _open(workspace).resources()
-    except KbError as exc:
-        _fail(exc)
+    items = library(workspace).resources()
     if json_out:
-        return _json({"resources": [r.to_dict() for r in items]})
+        return print_json({"resources": [r.to_dict() for r in items]})
     if not items:
         out.print("No resources: the personas list none and kb.toml [resources] adds none.")
     for r in items:
@@ -75,19 +69,14 @@ def fetch(
 ) -> None:
     """Download the resources that are due (missing, stale or failed), then index them.
 
-    Unchanged pages (HTTP 304, or the same content) are not rewritten, so nothing is re-embedded. A failure keeps
-    the last good copy and never stops the other resources.
+    Unchanged pages (HTTP 304, or the same content) are not rewritten, so nothing is re-embedded. A failure
+    keeps the last good copy and never stops the other resources.
 
     Example: kb resources fetch https://12factor.net/ --json
     """
-    from kb.cli.render import ProgressReporter
-
-    try:
-        kb = _open(workspace)
-        with ProgressReporter(err, enabled=not json_out and err.is_terminal) as progress:
-            report = kb.fetch_resources(urls or None, force=force, progress=progress)
-    except KbError as exc:
-        _fail(exc)
+    kb = library(workspace)
+    with progress_bar(json_out) as progress:
+        report = kb.fetch_resources(urls or None, force=force, progress=progress)
     _report(report, json_out)
 
 
@@ -102,16 +91,13 @@ def import_(
 
     Example: kb resources import ../shared/resources/twelve-factor --url https://12factor.net/
     """
-    try:
-        report = _open(workspace).import_resource(directory, url)
-    except KbError as exc:
-        _fail(exc)
-    _report(report, json_out)
+    _report(library(workspace).import_resource(directory, url), json_out)
 
 
 def _report(report: ResourceFetchReport, json_out: bool) -> None:
+    """What ``kb resources fetch`` and ``import`` did: one line per resource, then the index summary."""
     if json_out:
-        return _json(report.to_dict())
+        return print_json(report.to_dict())
     for o in report.resources:
         colour = _COLOURS.get(o.status, "white")
         pages = (
@@ -123,7 +109,8 @@ def _report(report: ResourceFetchReport, json_out: bool) -> None:
         tail = " · ".join(x for x in (pages + failed, o.reason or "") if x)
         out.print(f"[{colour}]{o.status:<11}[/] {escape(o.url)}" + (f"  {escape(tail)}" if tail else ""))
     if report.index is not None:
+        ix = report.index
         out.print(
-            f"Indexed: {report.index.chunks_embedded} chunks embedded, {report.index.chunks_total} in the index "
+            f"Indexed: {ix.chunks_embedded} chunks embedded, {ix.chunks_total} in the index "
             f"({report.seconds:.1f} s)"
         )

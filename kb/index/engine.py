@@ -1,21 +1,25 @@
 """The index engine: one workspace's manifest, vector store, embedder and write lock, behind one public class.
 
-Everything that reads or writes an index goes through :class:`IndexEngine`: the facade (:class:`kb.KnowledgeBase`),
-retrieval and answering (:mod:`kb.answer`), and the features (resources, evaluation, ``kb watch``). It builds the
-backends it was not given (``None`` means "from settings"), computes the index fingerprint once, owns the
-write lock, and repairs a store that cannot be opened before an index run, whatever the store is.
+Everything that reads or writes an index goes through :class:`IndexEngine`: the facade
+(:class:`kb.KnowledgeBase`), retrieval and answering (:mod:`kb.answer`), and the features (resources,
+evaluation, ``kb watch``). It builds the backends it was not given (``None`` means "from settings"), computes
+the index fingerprint once, owns the write lock, and repairs a store that cannot be opened before an index
+run, whatever the store is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ingest.discovery import discover
+from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
 from kb.backends.embedders import Embedder, LockedEmbedder, make_embedder
 from kb.backends.store import ChromaStore, Store
 from kb.errors import EmptyIndexError, IndexCorruptError, IndexLockedError
@@ -61,11 +65,14 @@ class IndexEngine:
     def embedder(self) -> Embedder:
         if self._embedder is None:
             cache = self.settings.model_cache_dir or (self.workspace.state_dir / "models")
-            self._embedder = make_embedder(self.settings.embedder, self.settings.embedder_runtime, Path(cache))
+            self._embedder = make_embedder(
+                self.settings.embedder, self.settings.embedder_runtime, Path(cache)
+            )
         return self._embedder
 
     def share_embedder(self) -> LockedEmbedder:
-        """Make the embedder safe to call from several threads (one call at a time); ``kb watch`` does this."""
+        """Make the embedder safe to call from several threads (one call at a time); ``kb watch`` does
+        this."""
         if not isinstance(self._embedder, LockedEmbedder):
             self._embedder = LockedEmbedder(self.embedder)
         return self._embedder
@@ -89,7 +96,8 @@ class IndexEngine:
 
     @property
     def opened(self) -> bool:
-        """Whether this engine has opened its manifest or vector store (a client of ``kb watch`` never does)."""
+        """Whether this engine has opened its manifest or vector store (a client of ``kb watch`` never
+        does)."""
         return self._manifest is not None or (self._store is not None and self._owns_store)
 
     def has_index(self) -> bool:
@@ -103,11 +111,13 @@ class IndexEngine:
         return self._manifest
 
     def reader(self) -> Manifest:
-        """The manifest of an existing index (for readers): :class:`EmptyIndexError` when nothing is indexed."""
+        """The manifest of an existing index (for readers): :class:`EmptyIndexError` when nothing is
+        indexed."""
         if self._manifest is None:
             if not self.has_index():
                 raise EmptyIndexError(
-                    f"Nothing is indexed in {self.workspace.root} yet. Run: kb index --workspace {self.workspace.root}"
+                    f"Nothing is indexed in {self.workspace.root} yet. Run: kb index --workspace "
+                    f"{self.workspace.root}"
                 )
             self._manifest = Manifest(self.manifest_path)
         return self._manifest
@@ -120,7 +130,8 @@ class IndexEngine:
             raise EmptyIndexError(f"Nothing is indexed in {self.workspace.root} yet. Run: kb index")
         if built != self.fingerprint:
             raise EmptyIndexError(
-                "The index was built with other settings (embedding model or chunking) than the current ones. "
+                "The index was built with other settings (embedding model or chunking) than the "
+                "current ones. "
                 "Run: kb index (it rebuilds automatically)."
             )
         return manifest, self.store
@@ -128,7 +139,8 @@ class IndexEngine:
     # --- writing ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
-        """The index's single-writer lock (re-entrant for its holder: ``kb watch`` indexes while holding it)."""
+        """The index's single-writer lock (re-entrant for its holder: ``kb watch`` indexes while holding
+        it)."""
         if self._locked:
             yield
             return
@@ -155,11 +167,55 @@ class IndexEngine:
                 store.check()
             except IndexCorruptError as exc:
                 repaired.append(f"vector index could not be opened ({exc}); {store.reset()} and rebuilt")
-            report = Indexer(self.workspace.root, self.settings, manifest, store, self.embedder, progress).run(scope)
+            report = Indexer(
+                self.workspace.root, self.settings, manifest, store, self.embedder, progress
+            ).run(scope)
             report.repaired = repaired + report.repaired
             if scope is None:
                 store.drop_other_collections()
             return report
+
+    def changed_paths(self, unloadable: dict[str, tuple[int, int]] | None = None) -> set[str]:
+        """Paths whose files differ from the index by size or mtime, or are gone, or are new (nothing is read:
+        a stat per file). ``unloadable``: new files known to hold nothing indexable at that (size, mtime)."""
+        unloadable = unloadable or {}
+        settings = self.settings
+        cands, skipped = discover(
+            self.workspace.root,
+            DEFAULT_INCLUDE + settings.include,
+            settings.exclude,
+            int(settings.max_file_mb * 1024 * 1024),
+        )
+        old = self.manifest().sources()
+        held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
+        dirty = {
+            c.path
+            for c in cands
+            if (c.path not in old and unloadable.get(c.path) != (c.size, c.mtime_ns))
+            or (c.path in old and (old[c.path].size, old[c.path].mtime_ns) != (c.size, c.mtime_ns))
+        }
+        present = {c.path for c in cands}
+        dirty |= {p for p in old if p not in present and p not in held}
+        dirty |= {
+            s.path for s in skipped if s.path in old and not s.reason.startswith(("cannot", "permission"))
+        }
+        return dirty
+
+    def paths_under(self, folders: set[str]) -> set[str]:
+        """Every path under ``folders`` (relative), on disk or in the index: what a folder event may have
+        touched (a moved, deleted or renamed folder)."""
+        root = self.workspace.root
+        known = list(self.manifest().sources())
+        covered: set[str] = set()
+        for d in folders:
+            covered.update(p for p in known if p.startswith(d + "/"))
+            base = root / d
+            if base.is_dir() and not base.is_symlink():
+                for dirpath, dirnames, filenames in os.walk(base):
+                    dirnames[:] = [n for n in dirnames if n not in PRUNED_DIRS]
+                    here = Path(dirpath).relative_to(root).as_posix()
+                    covered.update(f"{here}/{n}" for n in filenames)
+        return covered
 
     # --- cached embeddings --------------------------------------------------------------------------------
     def embed_cached(self, texts: Sequence[str]) -> np.ndarray:
@@ -173,7 +229,9 @@ class IndexEngine:
         todo = [(h, t) for h, t in dict(zip(hashes, texts, strict=True)).items() if h not in have]
         if todo:
             fresh = self.embedder.embed([t for _, t in todo])
-            with contextlib.suppress(sqlite3.OperationalError):  # a read-only or busy manifest: just don't cache
+            with contextlib.suppress(
+                sqlite3.OperationalError
+            ):  # a read-only or busy manifest: just don't cache
                 manifest.put_aux_vectors(model, zip([h for h, _ in todo], fresh, strict=True))
             have.update({h: v for (h, _), v in zip(todo, fresh, strict=True)})
         return np.stack([have[h] for h in hashes])
@@ -186,8 +244,18 @@ class IndexEngine:
     def status(self, watcher: WatcherStatus | None) -> Status:
         ws, model = self.workspace, self.settings.embedder
         if not self.has_index():
-            return Status(str(ws.root), str(ws.state_dir), model, self.settings.embedder_runtime, None, 0, 0, None,
-                          [], watcher)
+            return Status(
+                str(ws.root),
+                str(ws.state_dir),
+                model,
+                self.settings.embedder_runtime,
+                None,
+                0,
+                0,
+                None,
+                [],
+                watcher,
+            )
         manifest = self.reader()
         counts = manifest.chunk_counts()
         sources = [

@@ -7,9 +7,10 @@ The manifest (SQLite) is the source of truth; Chroma is derived from it. One run
 3. embed only texts whose vectors are not cached (vectors are committed batch by batch, so a killed run loses
    no embedding work); renames, reverts and rebuilt collections reuse cached vectors;
 4. upsert the new chunks into Chroma, then commit the manifest in ONE transaction, then delete chunks that are
-   gone. Readers trust only chunk ids present in the manifest, so at every instant the index answers from either
-   the previous state or the new one, never a mix;
-5. reconcile Chroma with the manifest (orphans deleted, missing chunks re-added from cached vectors), which also
+   gone. Readers trust only chunk ids present in the manifest, so at every instant the index answers from
+   either the previous state or the new one, never a mix;
+5. reconcile Chroma with the manifest (orphans deleted, missing chunks re-added from cached vectors), which
+also
    finishes whatever a killed run left behind.
 """
 
@@ -26,12 +27,13 @@ import numpy as np
 
 from ingest.chunking import CHUNKER_VERSION, chunk_document
 from ingest.discovery import Candidate, Skipped, discover, read_candidate
+from ingest.layout import DEFAULT_INCLUDE, source_type_of
 from ingest.loaders import LoadError, load_document
 from kb.backends.embedders import Embedder
 from kb.backends.store import Store
 from kb.index.manifest import ChunkRow, Manifest, SourceRow
 from kb.models import IndexReport, Progress, SkippedFile
-from kb.settings import DEFAULT_INCLUDE, Settings
+from kb.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +45,14 @@ _TRANSIENT = ("permission denied", "cannot stat", "cannot read", "vanished", "gr
 
 
 def fingerprint(model_id: str, settings: Settings) -> str:
-    blob = json.dumps({"model": model_id, "chunker": CHUNKER_VERSION, "max_tokens": settings.chunk_max_tokens})
+    blob = json.dumps(
+        {"model": model_id, "chunker": CHUNKER_VERSION, "max_tokens": settings.chunk_max_tokens}
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def collection_name(fp: str) -> str:
     return f"kb_{fp}"
-
-
-def source_type_of(path: str) -> str:
-    if path.startswith(".workos/context/"):
-        return "context"
-    if path.startswith("projects/prds/"):
-        return "prd"
-    if path.startswith(".workos/resources/"):
-        return "resource"
-    return "other"
 
 
 def text_hash(text: str) -> str:
@@ -213,7 +207,9 @@ class Indexer:
         new_ids = {r.id for r in new_rows}
         self.store.delete(sorted(old_ids - new_ids))
         report.repaired = self.reconcile() if scope is None or rebuild else []
-        if scope is None or rebuild:  # a targeted run keeps cached vectors: a move split over two runs reuses them
+        if (
+            scope is None or rebuild
+        ):  # a targeted run keeps cached vectors: a move split over two runs reuses them
             with db:
                 self.manifest.prune_vectors(self.embedder.model_id)
         report.chunks_embedded = self.embedded
@@ -277,8 +273,8 @@ class Indexer:
                 batch = items[start : start + EMBED_BATCH]
                 vecs = self.embedder.embed([t for _, t in batch])
                 self.embedded += len(batch)
-                self.manifest.put_vectors(model, [(h, v) for (h, _), v in zip(batch, vecs)])
-                for (h, _), v in zip(batch, vecs):
+                self.manifest.put_vectors(model, [(h, v) for (h, _), v in zip(batch, vecs, strict=True)])
+                for (h, _), v in zip(batch, vecs, strict=True):
                     vectors[h] = v
                 self.progress("embed", min(start + EMBED_BATCH, total), total)
         return vectors

@@ -1,15 +1,16 @@
 """The lexical (BM25) side of retrieval: SQLite FTS5 over stemmed section text, kept inside the manifest.
 
-Why FTS5 rather than an in-memory BM25 library: the postings live in the manifest's own SQLite file and change in
-the same transaction as the chunks they describe, so the lexical index is incremental (a changed file rewrites its
-own rows, nothing else), can never disagree with the manifest after a crash, and costs nothing to load for a
-one-shot ``kb ask``. FTS5 ranks with Okapi BM25 (k1 = 1.2, b = 0.75).
+Why FTS5 rather than an in-memory BM25 library: the postings live in the manifest's own SQLite file and change
+in the same transaction as the chunks they describe, so the lexical index is incremental (a changed file
+rewrites its own rows, nothing else), can never disagree with the manifest after a crash, and costs nothing to
+load for a one-shot ``kb ask``. FTS5 ranks with Okapi BM25 (k1 = 1.2, b = 0.75).
 
-The unit of lexical matching is the **section** — the chunks of one file under one heading path, together — while
-dense retrieval works on chunks. A chunk is the right unit for an embedding (the model reads 256 tokens), but a
-term match is evidence about the whole passage a chunk belongs to: on SciFact's train split, section-level BM25
-scores nDCG@10 0.703 against 0.691 for chunk-level (``benchmarks/tune_fusion.py``). Each chunk of a matching section
-carries the section's score into the fusion, where the dense score tells the chunks apart.
+The unit of lexical matching is the **section** — the chunks of one file under one heading path, together —
+while dense retrieval works on chunks. A chunk is the right unit for an embedding (the model reads 256
+tokens), but a term match is evidence about the whole passage a chunk belongs to: on SciFact's train split,
+section-level BM25 scores nDCG@10 0.703 against 0.691 for chunk-level (``benchmarks/tune_fusion.py``). Each
+chunk of a matching section carries the section's score into the fusion, where the dense score tells the
+chunks apart.
 
 Text is analysed the way the published BM25 baseline does it (Lucene's English stop words, Snowball English
 stemming, via PyStemmer) before it reaches FTS5, whose own tokenizer then only splits on spaces.
@@ -28,15 +29,17 @@ ANALYZER_VERSION = "snowball-en-3-sections"
 
 # Lucene's English stop words (the set the published bm25s baseline uses).
 STOPWORDS = frozenset(
-    "a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
+    "a an and are as at be but by for if in into is it no not of on or such that the their then "
+    "there these they "
     "this to was will with".split()
 )
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
-# ``sections`` lists (path, heading) pairs; ``sections_fts`` holds their analysed text under the same rowid. Rows are
-# written by :func:`put` from the manifest's put_source (inside its transaction); deleting a source cascades to its
-# sections, and the trigger removes their FTS rows, so no write path of the manifest can leave them out of step.
+# ``sections`` lists (path, heading) pairs; ``sections_fts`` holds their analysed text under the same rowid.
+# Rows are written by :func:`put` from the manifest's put_source (inside its transaction); deleting a source
+# cascades to its sections, and the trigger removes their FTS rows, so no write path of the manifest can leave
+# them out of step.
 _DDL = [
     """CREATE TABLE IF NOT EXISTS sections (
         id INTEGER PRIMARY KEY,
@@ -45,7 +48,8 @@ _DDL = [
     )""",
     "CREATE INDEX IF NOT EXISTS sections_path ON sections(path)",
     "CREATE INDEX IF NOT EXISTS chunks_path_heading ON chunks(path, heading)",
-    "CREATE VIRTUAL TABLE IF NOT EXISTS sections_fts USING fts5(head, body, tokenize = 'unicode61 remove_diacritics 0')",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS sections_fts USING fts5(head, body, tokenize = 'unicode61 "
+    "remove_diacritics 0')",
     "CREATE VIRTUAL TABLE IF NOT EXISTS sections_fts_vocab USING fts5vocab(sections_fts, 'row')",
     """CREATE TRIGGER IF NOT EXISTS sections_fts_ad AFTER DELETE ON sections BEGIN
     DELETE FROM sections_fts WHERE rowid = old.id;
@@ -101,7 +105,8 @@ def ensure_schema(db: sqlite3.Connection) -> None:
 
 
 def put(db: sqlite3.Connection, path: str, chunks: Iterable[ChunkLike]) -> None:
-    """(Re)write the sections of ``path`` from its chunks, in order (call inside the manifest's transaction)."""
+    """(Re)write the sections of ``path`` from its chunks, in order (call inside the manifest's
+    transaction)."""
     db.execute("DELETE FROM sections WHERE path=?", (path,))
     groups: dict[str, list[ChunkLike]] = {}
     for c in chunks:
@@ -111,8 +116,11 @@ def put(db: sqlite3.Connection, path: str, chunks: Iterable[ChunkLike]) -> None:
         first = members[0]
         db.execute(
             "INSERT INTO sections_fts(rowid, head, body) VALUES (?, ?, ?)",
-            (cur.lastrowid, terms(crumb(first.embed_text, first.text, first.heading)),
-             terms("\n".join(m.text for m in members))),
+            (
+                cur.lastrowid,
+                terms(crumb(first.embed_text, first.text, first.heading)),
+                terms("\n".join(m.text for m in members)),
+            ),
         )
 
 
@@ -155,7 +163,8 @@ def query(
     db: sqlite3.Connection, text: str, k: int, paths: Sequence[str] | None = None, sections: int | None = None
 ) -> list[tuple[str, float]]:
     """Chunks of the best ``sections`` sections for ``text`` by BM25 (at most ``k`` chunks), as
-    ``(chunk_id, score)``, higher better. ``paths`` restricts the search to those sources (metadata filters)."""
+    ``(chunk_id, score)``, higher better. ``paths`` restricts the search to those sources (metadata
+    filters)."""
     words = list(dict.fromkeys(analyze(text)))
     if not words or (paths is not None and not paths):
         return []
@@ -168,7 +177,8 @@ def query(
     args.append(sections or k)
     sql = (
         f"SELECT c.id, t.score FROM ({inner}) t JOIN sections s ON s.id = t.rowid "
-        "JOIN chunks c ON c.path = s.path AND c.heading = s.heading ORDER BY t.score, c.path, c.ordinal LIMIT ?"
+        "JOIN chunks c ON c.path = s.path AND c.heading = s.heading ORDER BY t.score, c.path, "
+        "c.ordinal LIMIT ?"
     )
     args.append(k)
     return [(cid, -float(score)) for cid, score in db.execute(sql, args)]
@@ -178,23 +188,26 @@ K1 = 1.2  # FTS5's fixed BM25 parameters
 
 
 def idf_weights(db: sqlite3.Connection, text: str) -> dict[str, float]:
-    """Each analysed query term with its IDF over sections, as FTS5 computes it. A term no section contains gets
-    the highest IDF there is: it is part of the question, and nothing matches it."""
+    """Each analysed query term with its IDF over sections, as FTS5 computes it. A term no section contains
+    gets the highest IDF there is: it is part of the question, and nothing matches it."""
     words = list(dict.fromkeys(analyze(text)))
     if not words:
         return {}
     (n_docs,) = db.execute("SELECT count(*) FROM sections").fetchone()
-    df = dict(db.execute(
-        f"SELECT term, doc FROM sections_fts_vocab WHERE term IN ({','.join('?' * len(words))})", words
-    ).fetchall())
+    df = dict(
+        db.execute(
+            f"SELECT term, doc FROM sections_fts_vocab WHERE term IN ({','.join('?' * len(words))})", words
+        ).fetchall()
+    )
     return {w: max(math.log((n_docs - df.get(w, 0) + 0.5) / (df.get(w, 0) + 0.5)), 1e-6) for w in words}
 
 
 def max_score(weights: dict[str, float]) -> float:
     """The BM25 score a section would get by matching every query term (``weights``: :func:`idf_weights`) as
-    strongly as possible: (k1 + 1) times the sum of the terms' IDF. Dividing by it puts BM25 on an absolute 0..1
-    scale ("how much of the query's weight does this passage match"), independent of the other candidates — unlike
-    min-max normalisation, it does not turn the only, weak match in a small workspace into a perfect score."""
+    strongly as possible: (k1 + 1) times the sum of the terms' IDF. Dividing by it puts BM25 on an absolute
+    0..1 scale ("how much of the query's weight does this passage match"), independent of the other candidates
+    — unlike min-max normalisation, it does not turn the only, weak match in a small workspace into a perfect
+    score."""
     return (K1 + 1) * sum(weights.values())
 
 

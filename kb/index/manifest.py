@@ -1,8 +1,9 @@
 """The manifest: kb's source of truth, in SQLite.
 
-Per source: its path, content hash, size and mtime, and its chunks (text, line range, heading). Per embedded text:
-its vector, keyed by model and text hash, so no text is ever embedded twice (a rename, a reverted edit, a rebuilt
-Chroma collection all reuse vectors). Chroma is an index derived from this file and can always be rebuilt from it.
+Per source: its path, content hash, size and mtime, and its chunks (text, line range, heading). Per embedded
+text: its vector, keyed by model and text hash, so no text is ever embedded twice (a rename, a reverted edit,
+a rebuilt Chroma collection all reuse vectors). Chroma is an index derived from this file and can always be
+rebuilt from it.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ class Manifest:
         self.path = path
         try:
             if readonly:
-                self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+                self.db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False
+                )
             else:
                 self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -107,8 +110,9 @@ class Manifest:
                 if self.get_meta("schema_version") is None:
                     self.set_meta("schema_version", str(SCHEMA_VERSION))
                     self.db.commit()
-                # Sections are written in the chunks' own transactions and the stamp is set in the rebuild's, so
-                # the stamp alone says whether the lexical tables match (no scan of the chunks at every open).
+                # Sections are written in the chunks' own transactions and the stamp is set in the rebuild's,
+                # so the stamp alone says whether the lexical tables match (no scan of the chunks at every
+                # open).
                 if self.get_meta("lexical_version") != lexical.ANALYZER_VERSION:
                     self.rebuild_lexical()
             self.db.execute("PRAGMA foreign_keys=ON")
@@ -133,20 +137,26 @@ class Manifest:
     # --- sources and chunks -------------------------------------------------------------------------------
     def sources(self, paths: Sequence[str] | None = None) -> dict[str, SourceRow]:
         """All sources, or only those at ``paths``."""
-        sql = "SELECT path, content_hash, size, mtime_ns, kind, source_type, title, metadata, indexed_at FROM sources"
+        sql = (
+            "SELECT path, content_hash, size, mtime_ns, kind, source_type, title, metadata, indexed_at "
+            "FROM sources"
+        )
         if paths is None:
             rows = self.db.execute(sql).fetchall()
         else:
             unique = list(dict.fromkeys(paths))
             rows = self.db.execute(f"{sql} WHERE path IN ({','.join('?' * len(unique))})", unique).fetchall()
-        return {r[0]: SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in rows}
+        return {
+            r[0]: SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in rows
+        }
 
     def chunk_counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT path, count(*) FROM chunks GROUP BY path").fetchall())
 
     def chunks_of(self, path: str) -> list[ChunkRow]:
         rows = self.db.execute(
-            "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, embed_text FROM chunks "
+            "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, "
+            "embed_text FROM chunks "
             "WHERE path=? ORDER BY ordinal",
             (path,),
         ).fetchall()
@@ -158,7 +168,8 @@ class Manifest:
             part = list(ids[start : start + 500])
             marks = ",".join("?" * len(part))
             for r in self.db.execute(
-                "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, embed_text FROM chunks "
+                "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, "
+                "embed_text FROM chunks "
                 f"WHERE id IN ({marks})",
                 part,
             ):
@@ -170,7 +181,8 @@ class Manifest:
 
     def iter_chunks(self) -> Iterable[ChunkRow]:
         cur = self.db.execute(
-            "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, embed_text FROM chunks ORDER BY path, ordinal"
+            "SELECT id, path, ordinal, text_hash, start_line, end_line, heading, text, page, "
+            "embed_text FROM chunks ORDER BY path, ordinal"
         )
         for r in cur:
             yield ChunkRow(*r)
@@ -179,16 +191,40 @@ class Manifest:
         """Replace a source and its chunks (call inside a transaction)."""
         self.db.execute("DELETE FROM chunks WHERE path=?", (source.path,))
         self.db.execute(
-            "INSERT OR REPLACE INTO sources(path, content_hash, size, mtime_ns, kind, source_type, title, metadata, "
+            "INSERT OR REPLACE INTO sources(path, content_hash, size, mtime_ns, kind, source_type, "
+            "title, metadata, "
             "indexed_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            (source.path, source.content_hash, source.size, source.mtime_ns, source.kind, source.source_type,
-             source.title, json.dumps(source.metadata, default=str), source.indexed_at),
+            (
+                source.path,
+                source.content_hash,
+                source.size,
+                source.mtime_ns,
+                source.kind,
+                source.source_type,
+                source.title,
+                json.dumps(source.metadata, default=str),
+                source.indexed_at,
+            ),
         )
         self.db.executemany(
-            "INSERT INTO chunks(id, path, ordinal, text_hash, start_line, end_line, heading, text, page, embed_text) "
+            "INSERT INTO chunks(id, path, ordinal, text_hash, start_line, end_line, heading, text, "
+            "page, embed_text) "
             "VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [(c.id, c.path, c.ordinal, c.text_hash, c.start_line, c.end_line, c.heading, c.text, c.page, c.embed_text)
-             for c in chunks],
+            [
+                (
+                    c.id,
+                    c.path,
+                    c.ordinal,
+                    c.text_hash,
+                    c.start_line,
+                    c.end_line,
+                    c.heading,
+                    c.text,
+                    c.page,
+                    c.embed_text,
+                )
+                for c in chunks
+            ],
         )
         lexical.put(self.db, source.path, chunks)
 
@@ -244,9 +280,14 @@ class Manifest:
         """Vectors of texts that are not chunks (persona lines), kept apart so indexing never prunes them."""
         unique = list(dict.fromkeys(hashes))
         marks = ",".join("?" * len(unique))
-        rows = self.db.execute(
-            f"SELECT text_hash, vector FROM aux_vectors WHERE model_id=? AND text_hash IN ({marks})", [model_id, *unique]
-        ) if unique else []
+        rows = (
+            self.db.execute(
+                f"SELECT text_hash, vector FROM aux_vectors WHERE model_id=? AND text_hash IN ({marks})",
+                [model_id, *unique],
+            )
+            if unique
+            else []
+        )
         return {h: np.frombuffer(blob, dtype=np.float32) for h, blob in rows}
 
     def put_aux_vectors(self, model_id: str, items: Iterable[tuple[str, np.ndarray]]) -> None:
@@ -258,13 +299,15 @@ class Manifest:
             # bounded: the most recently stored AUX_VECTORS_MAX (about 80 MB at 384 dimensions) stay
             self.db.execute(
                 "DELETE FROM aux_vectors WHERE rowid IN "
-                "(SELECT rowid FROM aux_vectors ORDER BY rowid DESC LIMIT -1 OFFSET ?)", (AUX_VECTORS_MAX,)
+                "(SELECT rowid FROM aux_vectors ORDER BY rowid DESC LIMIT -1 OFFSET ?)",
+                (AUX_VECTORS_MAX,),
             )
 
     def prune_vectors(self, model_id: str) -> int:
         """Drop cached vectors no chunk uses any more (keeps the file from growing forever)."""
         cur = self.db.execute(
-            "DELETE FROM vectors WHERE model_id=? AND text_hash NOT IN (SELECT text_hash FROM chunks)", (model_id,)
+            "DELETE FROM vectors WHERE model_id=? AND text_hash NOT IN (SELECT text_hash FROM chunks)",
+            (model_id,),
         )
         return cur.rowcount
 

@@ -25,21 +25,41 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ingest.fetch import Fetcher, FetchError, FetchPolicy
+from ingest.crawl import CopyReport, CrawlLimits, ResourceCopy, atomic_write, iso_time, resource_slug
+from ingest.fetch import Fetcher
+from ingest.guard import FetchError, FetchPolicy
+from ingest.layout import RESOURCES_DIR
 from kb.errors import ConfigError, IndexLockedError, KbError
 from kb.index.engine import IndexEngine
 from kb.locks import Busy, file_lock
 from kb.models import IndexReport, Progress, ResourceFetchReport, ResourceInfo, ResourceOutcome
 from kb.personas import list_personas
-from kb.resources.copies import RESOURCES_DIR, Resource, _atomic_write, _crawl, _import_tree, _iso
 from kb.settings import ResourcesSettings
 
 log = logging.getLogger(__name__)
 
+Index = Callable[[Progress | None], IndexReport]  # brings the index up to date (the facade's ``index``)
+
+
+@dataclass
+class Resource:
+    """One entry of the workspace's resource list, and what kb.toml says about it."""
+
+    url: str
+    title: str
+    origins: list[str] = field(default_factory=list)  # persona names, "kb.toml", "import"
+    pinned: bool = False
+    unavailable: str | None = None
+    mirror: str | None = None  # local folder/file or http(s) base
+
+    @property
+    def slug(self) -> str:
+        return resource_slug(self.url)
 
 
 def _norm(url: str) -> str:
@@ -89,8 +109,28 @@ def _load_state(engine: IndexEngine) -> dict[str, dict[str, Any]]:
     return data.get("resources", {}) if isinstance(data, dict) else {}
 
 
+def _tmp_dir(engine: IndexEngine) -> Path:
+    return engine.workspace.ensure_state_dir() / "tmp"
+
+
 def _save_state(engine: IndexEngine, state: dict[str, dict[str, Any]]) -> None:
-    _atomic_write(engine, _state_path(engine), json.dumps({"version": 1, "resources": state}, indent=1))
+    text = json.dumps({"version": 1, "resources": state}, indent=1)
+    atomic_write(_state_path(engine), text, _tmp_dir(engine))
+
+
+def _copy(engine: IndexEngine, res: Resource) -> ResourceCopy:
+    return ResourceCopy(engine.workspace.root, res.url, res.title, _tmp_dir(engine))
+
+
+def _limits(cfg: ResourcesSettings) -> CrawlLimits:
+    return CrawlLimits(max_pages=cfg.max_pages, max_depth=cfg.max_depth, max_bytes=cfg.max_bytes)
+
+
+def _record(copy: CopyReport, outcome: ResourceOutcome) -> None:
+    outcome.pages_written += copy.pages_written
+    outcome.pages_unchanged += copy.pages_unchanged
+    outcome.pages_failed.extend(copy.pages_failed)
+    outcome.bytes_downloaded += copy.bytes_downloaded
 
 
 @contextlib.contextmanager
@@ -128,7 +168,7 @@ def list_resources(engine: IndexEngine) -> list[ResourceInfo]:
             if files:
                 status, reason = (
                     "error",
-                    f"{reason}; kept the copy from {_iso(entry.get('fetched_at') or checked)}",
+                    f"{reason}; kept the copy from {iso_time(entry.get('fetched_at') or checked)}",
                 )
         elif files:
             stale = not res.pinned and checked is not None and time.time() - checked > max_age
@@ -141,7 +181,7 @@ def list_resources(engine: IndexEngine) -> list[ResourceInfo]:
                 title=res.title,
                 status=status,
                 reason=reason,
-                fetched_at=_iso(entry.get("fetched_at") or (checked if files else None)),
+                fetched_at=iso_time(entry.get("fetched_at") or (checked if files else None)),
                 bytes=sum(f.stat().st_size for f in files),
                 chunks=sum(counts.get(r, 0) for r in rels),
                 pages=len(files),
@@ -158,8 +198,12 @@ def list_resources(engine: IndexEngine) -> list[ResourceInfo]:
 
 
 def fetch_resources(
-    engine: IndexEngine, urls: list[str] | None = None, force: bool = False, progress: Progress | None = None,
-    *, index: Callable[[Progress | None], IndexReport],
+    engine: IndexEngine,
+    urls: list[str] | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+    *,
+    index: Index,
 ) -> ResourceFetchReport:
     """Fetch the resources (all due ones, or ``urls``), then bring the index up to date."""
     started = time.perf_counter()
@@ -224,10 +268,13 @@ def _fetch_one(
             local = Path(entry["imported_from"])
             if not local.exists():  # the imported folder is gone: keep the copy
                 return ResourceOutcome(res.url, "pinned", f"imported from {local}, which no longer exists")
+        copy = _copy(engine, res)
         if local is not None:
-            _import_tree(engine, res, local, entry, outcome)
+            done = copy.import_tree(local, _limits(cfg))
         else:
-            _crawl(engine, res, entry, fetcher, force, outcome)
+            done = copy.crawl(fetcher, entry.get("pages") or {}, _limits(cfg), force=force, mirror=res.mirror)
+        entry["pages"] = done.pages
+        _record(done, outcome)
     except (FetchError, KbError, OSError) as exc:
         kind = "unavailable" if getattr(exc, "unavailable", False) else "error"
         log.warning("resource %s: %s", res.url, exc)
@@ -250,7 +297,7 @@ def _fetch_one(
 
 
 def import_resource(
-    engine: IndexEngine, directory: str | os.PathLike[str], url: str, *, index: Callable[[Progress | None], IndexReport]
+    engine: IndexEngine, directory: str | os.PathLike[str], url: str, *, index: Index
 ) -> ResourceFetchReport:
     """Store the local copy at ``directory`` (a folder or one file) as resource ``url``, then index it."""
     started = time.perf_counter()
@@ -268,7 +315,9 @@ def import_resource(
         state = _load_state(engine)
         entry = state.setdefault(res.url, {})
         outcome = ResourceOutcome(res.url, "fetched")
-        _import_tree(engine, res, src, entry, outcome)
+        done = _copy(engine, res).import_tree(src, _limits(engine.settings.resources))
+        entry["pages"] = done.pages
+        _record(done, outcome)
         now = time.time()
         entry.update(
             status="fetched",

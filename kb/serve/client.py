@@ -1,11 +1,11 @@
 """The client side of ``kb watch``: find the live watcher of a workspace and ask it.
 
 While ``kb watch`` runs it owns the index (Chroma does not support two processes on one folder) and answers
-``search``, ``ask``, ``status`` and ``index`` requests on a Unix socket (see :mod:`kb.serve.server`). This module
-is the client: :func:`connect` finds a live watcher, :class:`Remote` (a :class:`kb.service.Service`) sends one
-request per verb and rebuilds kb's result objects and errors. It imports nothing heavy
-(no chromadb, numpy, onnxruntime, model), so a ``kb search`` from another terminal costs a process start and
-a socket round trip.
+``search``, ``ask``, ``status`` and ``index`` requests on a Unix socket (see :mod:`kb.serve.server`). This
+module is the client: :func:`connect` finds a live watcher, :class:`Remote` (a :class:`kb.service.Service`)
+sends one request per verb and rebuilds kb's result objects and errors. It imports nothing heavy (no chromadb,
+numpy, onnxruntime, model), so a ``kb search`` from another terminal costs a process start and a socket round
+trip.
 
 Wire format, one JSON object per line: ``{"v": 1, "method": "search", "params": {...}}`` ->
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"type", "message", "exit_code"}}``.
@@ -13,6 +13,7 @@ Wire format, one JSON object per line: ``{"v": 1, "method": "search", "params": 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kb import errors
+import kb.errors as errors
 from kb.models import Answer, Hit, IndexReport, OnToken, Progress, Status, WatcherStatus
 from kb.workspace import Workspace, find_workspace
 
@@ -109,7 +110,8 @@ class Remote:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # The verbs (kb.service.Service), with kb's own result types: the CLI renders them exactly as local results.
+    # The verbs (kb.service.Service), with kb's own result types: the CLI renders them exactly as local
+    # results.
     streams_tokens = False  # a model's tokens are not streamed across the socket; the verified answer is
 
     def search(
@@ -121,7 +123,13 @@ class Remote:
         source_type: str | Sequence[str] | None = None,
         path: str | Sequence[str] | None = None,
     ) -> list[Hit]:
-        params = {"query": query, "k": k, "mode": mode, "source_type": _plain(source_type), "path": _plain(path)}
+        params = {
+            "query": query,
+            "k": k,
+            "mode": mode,
+            "source_type": _plain(source_type),
+            "path": _plain(path),
+        }
         return [Hit.from_dict(h) for h in self.call("search", params)["hits"]]
 
     def ask(
@@ -136,8 +144,15 @@ class Remote:
         llm: str | None = None,
         on_token: OnToken | None = None,
     ) -> Answer:
-        params = {"question": question, "persona": persona, "k": k, "mode": mode, "llm": llm,
-                  "source_type": _plain(source_type), "path": _plain(path)}
+        params = {
+            "question": question,
+            "persona": persona,
+            "k": k,
+            "mode": mode,
+            "llm": llm,
+            "source_type": _plain(source_type),
+            "path": _plain(path),
+        }
         return Answer.from_dict(self.call("ask", params))
 
     def status(self) -> Status:
@@ -205,6 +220,18 @@ def encode(result: Any) -> Any:
 
 def status_file(workspace: Workspace) -> Path:
     return workspace.state_dir / STATUS_NAME
+
+
+def save_watcher_status(workspace: Workspace, status: WatcherStatus, running: bool) -> None:
+    """Record the watcher's status for ``kb status`` to read when it no longer answers (atomic replace)."""
+    path = status_file(workspace)
+    if not path.parent.is_dir():  # never re-create a deleted workspace
+        return
+    data = {**dataclasses.asdict(status), "running": running}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def last_watcher(workspace: Workspace) -> WatcherStatus | None:

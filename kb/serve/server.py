@@ -2,8 +2,8 @@
 
 Security: a Unix domain socket (never a TCP port) in the workspace's state folder, which is made 0700; the
 socket itself is created 0600. Every connection's peer is checked with SO_PEERCRED: only the same user is
-served. A request is one JSON line of at most :data:`kb.serve.client.MAX_REQUEST` bytes, read with a deadline; the
-method must be one of :data:`METHODS`, the parameters a JSON object whose keys are parameters of that
+served. A request is one JSON line of at most :data:`kb.serve.client.MAX_REQUEST` bytes, read with a deadline;
+the method must be one of :data:`METHODS`, the parameters a JSON object whose keys are parameters of that
 ``KnowledgeBase`` method (so new search parameters pass through with no change here). Errors come back as
 ``{"ok": false, "error": ...}``."""
 

@@ -12,69 +12,47 @@ The only module that imports watchdog. The design, in the order things can go wr
   only logs it) triggers a full rescan; a watch-limit error falls back to polling with a warning; every
   ``reconcile_every`` seconds a stat-only comparison of the tree with the manifest catches anything missed.
 * **One owner.** The watcher holds the index's write lock for its lifetime and serves
-  search/ask/status/index to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb status``
-  shows it.
+  search/ask/status/index to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb
+  status`` shows it.
 * **Stops cleanly.** SIGINT/SIGTERM finish the run in progress and stop; SIGKILL loses only pending work,
   which the next start reconciles. A workspace folder moved or deleted stops it with a clear message."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import errno
 import inspect
 import json
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
-from ingest.discovery import PRUNED_DIRS, discover
+from ingest.discovery import discover_paths
+from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS, WORKOS_DIR
 from kb.answer.query import Query
 from kb.backends.embedders import LockedEmbedder
 from kb.errors import BadRequest, IndexLockedError, KbError, WorkspaceNotFoundError
 from kb.index.engine import IndexEngine
 from kb.models import IndexReport, Status, WatcherStatus
-from kb.serve.client import connect, encode, socket_path, status_file
+from kb.serve.client import connect, encode, save_watcher_status, socket_path
+from kb.serve.events import (
+    EventHandler,
+    OverflowSpy,
+    WatchLimitError,
+    make_observer,
+    stamp,
+    start_observer,
+    watch_roots,
+)
 from kb.serve.server import WatchServer
-from kb.serve.support import Reindexed, discover_paths, literal_dir
-from kb.settings import DEFAULT_INCLUDE
+from kb.serve.support import Reindexed
 
 log = logging.getLogger(__name__)
 
 FULL_RUN_ABOVE = 2000  # dirty paths beyond which one full run is cheaper than a targeted one
-_IGNORED = {"opened", "closed_no_write"}  # our own reads of files must not wake us
-
-
-class _Events(FileSystemEventHandler):
-    def __init__(self, watcher: Watcher):
-        self.watcher = watcher
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in _IGNORED or (event.is_directory and event.event_type == "modified"):
-            return  # a folder's "modified" only says its entries changed: their own events follow
-        for raw in (event.src_path, getattr(event, "dest_path", "")):
-            if raw:
-                self.watcher.mark(os.fsdecode(raw), event.is_directory, event.event_type)
-
-
-class _OverflowSpy(logging.Handler):
-    """watchdog reports an inotify queue overflow only as a log warning: turn it into a rescan."""
-
-    def __init__(self, watcher: Watcher):
-        super().__init__(logging.WARNING)
-        self.watcher = watcher
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
-            self.watcher.request_rescan("the inotify event queue overflowed (events were lost)")
 
 
 class Watcher:
@@ -92,7 +70,7 @@ class Watcher:
         polling: bool = False,
         serve: bool = True,
         on_reindex: Callable[[Reindexed], None] | None = None,
-        observer_factory: Callable[[], Any] = Observer,
+        observer_factory: Callable[[], Any] = make_observer,
     ):
         self.engine = engine
         self.query = query or Query(engine)
@@ -107,7 +85,7 @@ class Watcher:
         self.include = DEFAULT_INCLUDE + engine.settings.include
         self.exclude = list(engine.settings.exclude)
         self.max_bytes = int(engine.settings.max_file_mb * 1024 * 1024)
-        self._roots = self._watch_roots()
+        self._roots = watch_roots(self.include)
         self.started_at = time.time()
         self.last_event_at: float | None = None
         self.last_event: str | None = None
@@ -129,10 +107,10 @@ class Watcher:
         self._server: WatchServer | None = None
         self.reader: Query | None = None
         self._query_lock = threading.Lock()
-        self._spy = _OverflowSpy(self)
+        self._spy = OverflowSpy(self.request_rescan)
         st = os.stat(self.root)
         self._identity = (st.st_dev, st.st_ino)
-        self._config_stamp = _stamp(engine.workspace.config_path)
+        self._config_stamp = stamp(engine.workspace.config_path)
 
     # --- events -------------------------------------------------------------------------------------------
     def mark(self, abspath: str, is_dir: bool, kind: str) -> None:
@@ -203,7 +181,9 @@ class Watcher:
         # cached view of the one embedder: a repeated persona or question is not embedded again.
         shared = self.shared_embedder
         cached = LockedEmbedder(shared.inner, shared.lock, cache_size=2048)
-        reader = IndexEngine(self.engine.workspace, self.engine.settings, embedder=cached, store=self.engine.store)
+        reader = IndexEngine(
+            self.engine.workspace, self.engine.settings, embedder=cached, store=self.engine.store
+        )
         self.reader = self.query.over(reader)
         if self.serve:
             self._server = WatchServer(socket_path(self.engine.workspace.state_dir), self._dispatch)
@@ -234,36 +214,18 @@ class Watcher:
                 log.debug("warm-up: %s", exc)
         log.debug("warm-up took %.1f s", time.perf_counter() - started)
 
-    def _watch_roots(self) -> list[str]:
-        """The folders the include globs start from, without those inside another ('' is the root)."""
-        roots = sorted({literal_dir(p) for p in self.include})
-        return [r for r in roots if not any(o != r and (not o or r.startswith(o + "/")) for o in roots)]
-
     def _observe(self) -> None:
-        """Recursive watches on each include root; the nearest existing folder above a missing one."""
-        observer = self.observer_factory()
-        handler = _Events(self)
         try:
-            for rel in self._roots:
-                target = self.root / rel if rel else self.root
-                recursive = True
-                while not target.is_dir() and target != self.root:
-                    target, recursive = target.parent, False
-                observer.schedule(handler, str(target), recursive=recursive)
-            observer.start()
-        except OSError as exc:
-            with contextlib.suppress(Exception):
-                observer.stop()
-            if exc.errno not in (errno.ENOSPC, errno.EMFILE, errno.ENOMEM):
-                raise
+            self._observer = start_observer(
+                self.root, self._roots, EventHandler(self.mark), self.observer_factory
+            )
+        except WatchLimitError as exc:
             self.mode = "polling"
             self.last_error = (
-                f"inotify limit reached ({exc.strerror or exc}); polling every {self.poll_every:g}s "
+                f"inotify limit reached ({exc}); polling every {self.poll_every:g}s "
                 "instead. Raise fs.inotify.max_user_watches to watch with inotify."
             )
             log.warning(self.last_error)
-            return
-        self._observer = observer
 
     def _settle(self, stop: threading.Event) -> None:
         """Wait for a burst to go quiet (``debounce``), but no longer than ``max_delay``."""
@@ -296,17 +258,7 @@ class Watcher:
 
     # --- runs ---------------------------------------------------------------------------------------------
     def _targeted(self, files: set[str], dirs: set[str], reason: str) -> None:
-        covered = set(files)
-        if dirs:
-            known = list(self.engine.manifest().sources())
-            for d in dirs:
-                covered.update(p for p in known if p.startswith(d + "/"))
-                base = self.root / d
-                if base.is_dir() and not base.is_symlink():
-                    for dirpath, dirnames, filenames in os.walk(base):
-                        dirnames[:] = [n for n in dirnames if n not in PRUNED_DIRS]
-                        here = Path(dirpath).relative_to(self.root).as_posix()
-                        covered.update(f"{here}/{n}" for n in filenames)
+        covered = set(files) | (self.engine.paths_under(dirs) if dirs else set())
         if len(covered) > FULL_RUN_ABOVE:
             self._full(f"{len(covered)} paths changed")
             return
@@ -355,23 +307,10 @@ class Watcher:
     def _stat_reconcile(self) -> None:
         """Compare the tree's sizes and mtimes with the manifest (nothing is read); re-index what differs."""
         try:
-            cands, skipped = discover(self.root, self.include, self.exclude, self.max_bytes)
+            dirty = self.engine.changed_paths(self._unloadable)
         except OSError as exc:
             log.warning("periodic reconcile could not list the workspace: %s", exc)
             return
-        old = self.engine.manifest().sources()
-        held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
-        dirty = {
-            c.path
-            for c in cands
-            if (c.path not in old and self._unloadable.get(c.path) != (c.size, c.mtime_ns))
-            or (c.path in old and (old[c.path].size, old[c.path].mtime_ns) != (c.size, c.mtime_ns))
-        }
-        present = {c.path for c in cands}
-        dirty |= {p for p in old if p not in present and p not in held}
-        dirty |= {
-            s.path for s in skipped if s.path in old and not s.reason.startswith(("cannot", "permission"))
-        }
         if dirty:
             log.info("periodic reconcile: %d path(s) differ from the index", len(dirty))
             self._targeted(dirty, set(), "reconcile")
@@ -421,7 +360,7 @@ class Watcher:
     def _check_workspace(self) -> None:
         try:
             st = os.stat(self.root)
-            same = (st.st_dev, st.st_ino) == self._identity and (self.root / ".workos").is_dir()
+            same = (st.st_dev, st.st_ino) == self._identity and (self.root / WORKOS_DIR).is_dir()
         except OSError:
             same = False
         if not same:
@@ -430,9 +369,9 @@ class Watcher:
                 "stopped (nothing was half-written). Start it again where the workspace is now: "
                 "kb watch --workspace NEW_PATH"
             )
-        stamp = _stamp(self.engine.workspace.config_path)
-        if stamp != self._config_stamp:  # settings are read once; say so rather than index with stale ones
-            self._config_stamp = stamp
+        config = stamp(self.engine.workspace.config_path)
+        if config != self._config_stamp:  # settings are read once; say so rather than index with stale ones
+            self._config_stamp = config
             self.last_error = (
                 "kb.toml changed: restart kb watch to apply it (it still uses the settings it started with)"
             )
@@ -457,14 +396,7 @@ class Watcher:
         )
 
     def _write_status(self, running: bool = True) -> None:
-        path = status_file(self.engine.workspace)
-        if not path.parent.is_dir():  # never re-create a deleted workspace
-            return
-        data = {**dataclasses.asdict(self.status()), "running": running}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(OSError):
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            os.replace(tmp, path)
+        save_watcher_status(self.engine.workspace, self.status(), running)
 
     def _shutdown(self) -> None:
         logging.getLogger("watchdog").removeHandler(self._spy)
@@ -487,27 +419,3 @@ class Watcher:
         log.info("kb watch (pid %d) stopped; the index is complete up to the last re-index", os.getpid())
         if self.reader is not None:
             self.reader.engine.close()  # the store is the main engine's: it stays open until that closes
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def watch(engine: IndexEngine, query: Query | None = None, stop: threading.Event | None = None, **options: Any) -> None:
-    """Run a :class:`Watcher` until SIGINT/SIGTERM (or ``stop`` is set)."""
-    stop = stop or threading.Event()
-    watcher = Watcher(engine, query, **options)
-    previous: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-    try:
-        watcher.run(stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        engine.close()
