@@ -1,10 +1,11 @@
 """Hybrid retrieval: dense vectors (Chroma) and BM25 (FTS5 in the manifest), fused; metadata filters; folding.
 
-Fusion is a convex combination of the two scores after normalising each list against its own best and worst
-candidate (min-max over the top ``CANDIDATES``), which keeps how *much* better one chunk is than another —
-rank fusion (RRF) throws that away. The weight and candidate depth were chosen on the SciFact train split
-only, with 2-fold cross-validation inside it (``benchmarks/bench_retrieval.py``); the test split was never
-looked at.
+Fusion is a convex combination of the two scores on absolute scales: cosine as it is, BM25 divided by
+:func:`kb.index.lexical.max_score` (the score a passage matching every query term would get). That keeps how
+*much* better one chunk is than another (rank fusion, RRF, throws it away) without min-max normalisation's
+flaw: a lone weak match in a small workspace would become a perfect score. The weight and candidate depth
+were chosen on the SciFact train split only, with 2-fold cross-validation inside it
+(``benchmarks/tune_fusion.py``); the test split was never looked at.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ Mode = Literal["hybrid", "dense", "bm25"]
 MODES: tuple[str, ...] = ("hybrid", "dense", "bm25")
 SOURCE_TYPES: tuple[str, ...] = ("context", "prd", "resource", "other")
 
-#: Weight of the dense score in the fusion (the rest is BM25's). Tuned on SciFact train (see the module :
-# docstring).
+#: Weight of the dense score in the fusion (the rest is BM25's). Tuned on SciFact train (see the module
+#: docstring).
 DENSE_WEIGHT = 0.5
-#: Dense candidates, and lexical sections, each side contributes before fusion (sections expand to at most :
-# twice as many chunks).
+#: Dense candidates, and lexical sections, each side contributes before fusion (sections expand to at
+#: most twice as many chunks).
 CANDIDATES = 200
 
 
