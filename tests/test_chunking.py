@@ -52,7 +52,7 @@ def lines_of(chunk: Chunk) -> range:
     return range(chunk.start_line, chunk.end_line + 1)
 
 
-# --- structure ---------------------------------------------------------------------------------------------
+# --- structure --------------------------------------------------------------------------------------------
 
 DOC = """# Payments Service
 
@@ -300,7 +300,7 @@ def test_unclosed_fence_and_empty_documents(count) -> None:
     assert chunk_document(only_front_matter, count) == []
 
 
-# --- property-style: generated documents -------------------------------------------------------------------
+# --- property-style: generated documents ------------------------------------------------------------------
 
 WORDS = (
     "api queue worker ledger retry backoff latency cache shard replica deploy rollback incident owner "

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.discovery import Candidate, discover, read_candidate
-
-DEFAULT_INCLUDE = [".workos/context/**", "projects/prds/**", ".workos/resources/**"]
+from ingest.discovery import Candidate, discover, discover_paths, read_candidate
+from ingest.layout import DEFAULT_INCLUDE, source_type_of
 
 
 def write(root: Path, rel: str, content: str | bytes = "# Title\n\nSome text.\n") -> Path:
@@ -48,7 +47,7 @@ def ws(tmp_path: Path) -> Path:
     return root
 
 
-# --- include / exclude -------------------------------------------------------------------------------------
+# --- include / exclude ------------------------------------------------------------------------------------
 
 
 def test_default_includes_pick_the_three_source_folders_and_nothing_else(ws: Path) -> None:
@@ -142,7 +141,7 @@ def test_state_and_vcs_folders_are_pruned_even_when_included(ws: Path) -> None:
     assert "README.md" in cands  # the '**/*.md' include itself works
 
 
-# --- skip reasons ------------------------------------------------------------------------------------------
+# --- skip reasons -----------------------------------------------------------------------------------------
 
 SECRET_NAMES = [
     ".env",
@@ -367,3 +366,37 @@ def test_permission_denied_is_reported_when_access_is_refused(
     assert ".workos/context/locked.md" not in cands
     assert skipped[".workos/context/locked.md"] == "permission denied"
     assert ".workos/context/team.md" in cands
+
+
+# --- targeted discovery (kb watch) and the layout ---------------------------------------------------------
+
+
+def test_discover_paths_gives_every_file_the_verdict_of_the_full_walk(ws: Path, tmp_path: Path) -> None:
+    """``discover_paths`` (what ``kb watch`` runs on changed paths) uses discovery's own rules: naming every
+    file of the tree gives exactly what the walk gives, and names it should not see (pruned, excluded, outside
+    the globs, under a symlinked folder, gone, folders, ``..``) are left out."""
+    write(ws, ".workos/context/.env", "SECRET=1\n")
+    write(ws, ".workos/context/empty.md", "")
+    write(ws, ".workos/context/drafts/wip.md")
+    write(ws, ".workos/context/.git/HEAD.md")
+    write(ws, ".workos/.kb/state.md")
+    write(ws, "projects/prds/logo.png", b"\x89PNG")
+    write(tmp_path / "elsewhere", "linked.md")
+    (ws / ".workos/context/linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    exclude = ["**/drafts/**"]
+    walked = discover(ws, DEFAULT_INCLUDE, exclude)
+    names = [p.relative_to(ws).as_posix() for p in ws.rglob("*")]
+    names += [".workos/context/linked/linked.md", ".workos/context/gone.md", "../outside.md", ""]
+    named = discover_paths(ws.resolve(), DEFAULT_INCLUDE, exclude, 10_000_000, names)
+    assert [c.path for c in named[0]] == [c.path for c in walked[0]]
+    assert [(s.path, s.reason) for s in named[1]] == [(s.path, s.reason) for s in walked[1]]
+    reasons = {s.path: s.reason for s in walked[1]}
+    assert {".workos/context/.env", ".workos/context/empty.md", ".workos/context/linked"} <= set(reasons)
+
+
+def test_source_type_of_follows_the_default_folders() -> None:
+    assert [source_type_of(p) for p in DEFAULT_INCLUDE] == ["context", "prd", "resource"]
+    assert source_type_of(".workos/context/a.md") == "context"
+    assert source_type_of("projects/prds/x/b.md") == "prd"
+    assert source_type_of(".workos/resources/12factor.net/index.md") == "resource"
+    assert source_type_of("docs/c.md") == source_type_of(".workos/contextual.md") == "other"

@@ -11,28 +11,45 @@ from typer.testing import CliRunner
 
 from kb.cli import app
 from kb.evaluate import mrr_at, ndcg_at, recall_at
-from tests.conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DOCS = [
     ("d1", "Cats", "Domestic cats purr when they are content and knead soft blankets with their paws."),
     ("d2", "Dogs", "Dogs bark at strangers, guard the house and love long walks in the park."),
-    ("d3", "Rust", "The Rust borrow checker prevents data races at compile time without a garbage collector."),
+    (
+        "d3",
+        "Rust",
+        "The Rust borrow checker prevents data races at compile time without a garbage collector.",
+    ),
     ("d4", "Tides", "Ocean tides are caused by the gravitational pull of the moon and the sun."),
     ("d5", "Bread", "Sourdough bread rises because wild yeast and lactobacilli ferment the dough."),
 ]
-QUERIES = [("q1", "why do cats purr", "d1"), ("q2", "memory safety checked by the compiler", "d3"),
-           ("q3", "what makes the sea rise and fall", "d4"), ("q4", "fermentation of sourdough", "d5")]
+QUERIES = [
+    ("q1", "why do cats purr", "d1"),
+    ("q2", "memory safety checked by the compiler", "d3"),
+    ("q3", "what makes the sea rise and fall", "d4"),
+    ("q4", "fermentation of sourdough", "d5"),
+]
 
 
 @pytest.fixture
 def beir(tmp_path: Path) -> Path:
     ds = tmp_path / "tiny-beir"
     (ds / "qrels").mkdir(parents=True)
-    (ds / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in DOCS))
-    (ds / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t, _ in QUERIES))
-    (ds / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, _, d in QUERIES))
+    (ds / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, t, x in DOCS)
+    )
+    (ds / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t, _ in QUERIES)
+    )
+    (ds / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, _, d in QUERIES)
+    )
     for p in [ds / "qrels" / "test.tsv", ds / "corpus.jsonl", ds / "queries.jsonl", ds / "qrels", ds]:
-        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))  # the dataset may be read-only
+        p.chmod(
+            p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        )  # the dataset may be read-only
     return ds
 
 
@@ -51,7 +68,9 @@ def test_beir_eval_indexes_once_then_only_queries(beir: Path, tmp_path: Path) ->
     first = runner.invoke(app, ["eval", str(beir), "--json"], env=env)
     assert first.exit_code == 0, first.output
     data = json.loads(first.output)
-    assert {"ndcg@10", "recall@100", "mrr@10", "latency_ms_p50", "latency_ms_p95", "queries", "mode"} <= set(data)
+    assert {"ndcg@10", "recall@100", "mrr@10", "latency_ms_p50", "latency_ms_p95", "queries", "mode"} <= set(
+        data
+    )
     assert data["mode"] == "hybrid" and data["queries"] == 4 and data["documents"] == 5
     assert data["chunks_embedded"] == 5
     assert data["ndcg@10"] == 1.0 and data["recall@100"] == 1.0, "each query's document is plainly the best"
@@ -83,12 +102,24 @@ def test_beir_eval_errors_are_clear(tmp_path: Path) -> None:
 def test_questions_file_eval_scores_the_workspace(indexed: Path, tmp_path: Path) -> None:
     questions = tmp_path / "q.jsonl"
     questions.write_text(
-        json.dumps({"question": "What are the rate limits for the notifications API?",
-                    "expected": ["projects/prds/notifications.md"]}) + "\n"
-        + json.dumps({"question": "Who is the technical owner of the notifications service?",
-                      "expected": [".workos/context/team-directory.md#Service ownership"]}) + "\n"
-        + json.dumps({"question": "Who won the 1998 World Cup?", "expected": []}) + "\n"
-        + json.dumps({"question": "Where is the walrus policy?", "expected": ["nowhere.md"]}) + "\n"
+        json.dumps(
+            {
+                "question": "What are the rate limits for the notifications API?",
+                "expected": ["projects/prds/notifications.md"],
+            }
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "question": "Who is the technical owner of the notifications service?",
+                "expected": [".workos/context/team-directory.md#Service ownership"],
+            }
+        )
+        + "\n"
+        + json.dumps({"question": "Who won the 1998 World Cup?", "expected": []})
+        + "\n"
+        + json.dumps({"question": "Where is the walrus policy?", "expected": ["nowhere.md"]})
+        + "\n"
     )
     res = CliRunner().invoke(app, ["eval", str(questions), "--workspace", str(indexed), "--json", "-k", "5"])
     assert res.exit_code == 0, res.output
@@ -104,8 +135,8 @@ def test_questions_file_eval_scores_the_workspace(indexed: Path, tmp_path: Path)
 
 
 def test_sample_question_set_through_the_cli(indexed: Path) -> None:
-    res = CliRunner().invoke(app, ["eval", str(ROOT / "benchmarks/questions/sample-workspace.jsonl"),
-                                   "--workspace", str(indexed)])
+    res = CliRunner().invoke(
+        app, ["eval", str(ROOT / "benchmarks/questions/sample-workspace.jsonl"), "--workspace", str(indexed)]
+    )
     assert res.exit_code == 0, res.output
     assert "hit@1" in res.output and "MRR" in res.output
-

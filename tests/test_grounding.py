@@ -12,15 +12,15 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import FakeEmbedder, verify_citation
 from typer.testing import CliRunner
 
-from kb.errors import GeneratorError
 from kb.answer.grounding import StreamFilter, build_prompt, clean_untrusted, estimate_tokens, sanitize_output
+from kb.answer.verify import citation_ids, verify
+from kb.errors import GeneratorError
 from kb.models import Hit
 from kb.personas import get_persona
 from kb.prompts import CANNOT_ANSWER, GROUNDING_RULES, UNSUPPORTED_MARK
-from kb.answer.verify import citation_ids, verify
+from kb.testing import FakeEmbedder, verify_citation
 
 PAGINATION = Hit(
     1,

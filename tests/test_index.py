@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kb import IndexLockedError, KnowledgeBase
-from tests.conftest import CountingEmbedder
+from kb.testing import CountingEmbedder, FakeEmbedder
 
 NOTIF = "projects/prds/notifications.md"
 
@@ -57,8 +57,11 @@ def test_modified_file_reembeds_only_changed_chunks(indexed: Path) -> None:
     kb, emb = open_counting(indexed)
     chunks_before = len(kb.engine.ready()[0].chunks_of(NOTIF))
     text = (indexed / NOTIF).read_text()
-    (indexed / NOTIF).write_text(text.replace(
-        "## Pagination", "## Pagination\n\nThe zanzibarquokka flag pins a cursor to a snapshot.\n", 1))
+    (indexed / NOTIF).write_text(
+        text.replace(
+            "## Pagination", "## Pagination\n\nThe zanzibarquokka flag pins a cursor to a snapshot.\n", 1
+        )
+    )
     kb.close()
     kb, emb = open_counting(indexed)
     report = kb.index()
@@ -114,7 +117,6 @@ def test_chunking_change_rebuilds_without_mixing(indexed: Path) -> None:
 
 
 def test_model_change_rebuilds(indexed: Path, tmp_path: Path) -> None:
-    from tests.conftest import FakeEmbedder
 
     fake = FakeEmbedder()
     kb = KnowledgeBase.open(indexed, embedder=fake)
@@ -126,15 +128,20 @@ def test_model_change_rebuilds(indexed: Path, tmp_path: Path) -> None:
 
 def test_second_writer_is_refused(indexed: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import fcntl, sys, time
-            fh = open({str(indexed / '.workos/.kb/write.lock')!r}, 'a+')
+            fh = open({str(indexed / ".workos/.kb/write.lock")!r}, 'a+')
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.seek(0); fh.truncate(); fh.write('4242'); fh.flush()
             print('locked', flush=True)
             time.sleep(30)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
@@ -165,15 +172,22 @@ KnowledgeBase.open(sys.argv[1]).index(progress=progress)
 @pytest.mark.parametrize("point", ["mid-embed", "before-commit"])
 def test_killed_run_leaves_previous_state_and_next_run_completes(indexed: Path, point: str) -> None:
     # change two files and add one, then kill the index run part-way
-    (indexed / NOTIF).write_text((indexed / NOTIF).read_text() + "\n## Appendix\n\nThe walrusbanana retention is 9 days.\n")
+    (indexed / NOTIF).write_text(
+        (indexed / NOTIF).read_text() + "\n## Appendix\n\nThe walrusbanana retention is 9 days.\n"
+    )
     extra = indexed / ".workos/context/glossary.md"
-    extra.write_text("# Glossary\n\n" + "\n\n".join(f"## Term {i}\n\nTerm {i} means thing number {i} in the ledger." for i in range(80)))
+    extra.write_text(
+        "# Glossary\n\n"
+        + "\n\n".join(f"## Term {i}\n\nTerm {i} means thing number {i} in the ledger." for i in range(80))
+    )
     proc = subprocess.run([sys.executable, "-c", KILLER, str(indexed), point], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     # the previous state still answers
     kb = KnowledgeBase.open(indexed)
     assert kb.search("How should we paginate the notifications API?", k=1)[0].path == NOTIF
-    assert "glossary" not in {h.path.split("/")[-1].split(".")[0] for h in kb.search("Term 5 means thing number 5", k=5)}
+    assert "glossary" not in {
+        h.path.split("/")[-1].split(".")[0] for h in kb.search("Term 5 means thing number 5", k=5)
+    }
     assert kb.search("walrusbanana", k=3, mode="bm25") == [], "the BM25 side shows the previous state too"
     kb.close()
     # the next run finishes the job: no duplicate, no orphan
@@ -183,7 +197,9 @@ def test_killed_run_leaves_previous_state_and_next_run_completes(indexed: Path, 
     ids, chroma = consistent(kb)
     assert ids == chroma
     manifest, _ = kb.engine.ready()
-    rows = manifest.db.execute("SELECT path, ordinal, count(*) FROM chunks GROUP BY path, ordinal HAVING count(*) > 1").fetchall()
+    rows = manifest.db.execute(
+        "SELECT path, ordinal, count(*) FROM chunks GROUP BY path, ordinal HAVING count(*) > 1"
+    ).fetchall()
     assert rows == []
     assert kb.search("walrusbanana retention", k=1)[0].path == NOTIF
     assert [h.path for h in kb.search("walrusbanana", k=3, mode="bm25")] == [NOTIF]

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import copy_sample
 
 from kb import KnowledgeBase
+from kb.testing import copy_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EXFIL = "evil.example"
 
@@ -350,7 +352,7 @@ class ObedientModel:
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
-    ws = copy_sample(tmp_path_factory.mktemp("hostile") / "ws")
+    ws = copy_workspace(ROOT / "data", tmp_path_factory.mktemp("hostile") / "ws")
     folder = ws / ".workos/context/hostile"
     folder.mkdir(parents=True)
     for case in CASES:

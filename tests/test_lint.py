@@ -1,4 +1,5 @@
-"""Lint and types are part of the suite: ruff (the rules in pyproject.toml) and mypy (its strict-leaning config)
+"""Lint and types are part of the suite: ruff (the rules in pyproject.toml) and mypy (its strict-leaning
+config)
 on kb/ and ingest/ must report nothing, so the README's test command checks them too."""
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ def _tool(name: str) -> str:
 
 
 def test_ruff_reports_nothing() -> None:
-    out = subprocess.run([_tool("ruff"), "check", "kb", "ingest", "tests", "benchmarks"], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [_tool("ruff"), "check", "kb", "ingest", "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout[-4000:]
 
 

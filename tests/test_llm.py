@@ -7,7 +7,7 @@ The server is a small scripted stand-in (stdlib ``http.server``): each test queu
 from __future__ import annotations
 
 import json
-import socket
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +19,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from kb.backends.generator import Message
+from kb.backends.llamacpp import LlamaCppGenerator, bundled_gguf
+from kb.backends.llm import make_generator
+from kb.backends.openai_compat import OpenAICompatible
 from kb.errors import ConfigError, GeneratorError
-from kb.backends.llm import LlamaCppGenerator, OpenAICompatible, bundled_gguf, make_generator
+from kb.models import OnToken
 from kb.settings import load_settings
+from kb.testing import free_port, verify_citation
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -101,12 +108,6 @@ def stub() -> Iterator[StubServer]:
     server = StubServer()
     yield server
     server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -306,3 +307,70 @@ def test_a_llama_index_llm_plugs_in_as_a_generator() -> None:
     g = LlamaIndexGenerator(MockLLM(max_tokens=4))
     text = g.generate(MSG, max_tokens=4, temperature=0.0, on_token=seen.append)
     assert text == "text text text text" and len(seen) == 4 and g.context_window == 3900
+
+
+# --- the one answering seam: a Generator, injected --------------------------------------------------------
+def readme_generator_example() -> str:
+    """The README's llama-index example: the python block of its LLM section that injects a generator."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Answers written by a language model\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "generator=" in b]
+    assert len(blocks) == 1, "the LLM section has one python example that injects a generator"
+    return blocks[0]
+
+
+def test_readme_llama_index_example_runs_and_is_verified(
+    indexed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The README's example, as written, against a copy of the sample workspace ("data" is its path there)."""
+    code = readme_generator_example()
+    assert 'KnowledgeBase.open("data", generator=LlamaIndexGenerator(' in code
+    assert "CustomLLM" in code and "kb.ask(" in code
+    scope: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(code.replace('"data"', repr(str(indexed))), "README.md", "exec"), scope)
+    answer = scope["answer"]
+    out = capsys.readouterr().out
+    assert answer.backend == "llama-index" and not answer.abstained, out
+    said = {s.text: (s.supported, s.citations) for s in answer.sentences}
+    true = "The notifications API uses cursor-based pagination with an opaque base64 cursor."
+    assert said == {true: (True, [1]), "It was designed in 1850.": (False, [])}, said
+    assert true in answer.answer and "1850" not in answer.answer, "kb removed what the sources do not say"
+    (c,) = answer.citations
+    assert c.path == "projects/prds/notifications.md" and true.rstrip(".") in c.quote
+    assert verify_citation(indexed, c.path, c.start_line, c.end_line, c.quote)
+    assert "llama-index" in out and "False [] It was designed in 1850." in out
+
+
+class Scripted:
+    """A Generator of one's own (the protocol, nothing else): replies with a fixed text, token by token."""
+
+    name = "scripted"
+    context_window = 4096
+
+    def __init__(self, reply: str):
+        self.reply = reply
+        self.calls: list[list[Message]] = []
+
+    def generate(
+        self, messages: list[Message], *, max_tokens: int, temperature: float, on_token: OnToken | None = None
+    ) -> str:
+        self.calls.append(messages)
+        for word in self.reply.split(" "):
+            if on_token:
+                on_token(word + " ")
+        return self.reply
+
+
+def test_an_injected_generator_writes_every_answer_unless_llm_names_another(indexed: Path) -> None:
+    from kb import KnowledgeBase
+
+    model = Scripted("We paginate notifications with cursors rather than offsets. [1]")
+    tokens: list[str] = []
+    with KnowledgeBase.open(indexed, generator=model, llm_max_tokens=64) as kb:
+        answer = kb.ask("How should we paginate the notifications API?", on_token=tokens.append)
+        assert answer.backend == "scripted" and len(model.calls) == 1 and tokens
+        assert [(s.supported, s.citations) for s in answer.sentences] == [(True, [1])]
+        assert answer.citations[0].path == "projects/prds/notifications.md"
+        extractive = kb.ask("How should we paginate the notifications API?", llm="extractive")
+    assert extractive.backend == "extractive" and len(model.calls) == 1
+    assert extractive.sentences and all(s.supported and s.citations for s in extractive.sentences)

@@ -69,7 +69,7 @@ def test_unknown_kind_is_a_load_error() -> None:
         load_document(b"data", "spreadsheet")
 
 
-# --- markdown front matter ---------------------------------------------------------------------------------
+# --- markdown front matter --------------------------------------------------------------------------------
 
 
 def test_front_matter_becomes_metadata_and_body_starts_after_it() -> None:
@@ -124,7 +124,7 @@ def test_plain_text_files_have_no_front_matter_processing() -> None:
     assert doc.metadata == {} and doc.body_start_line == 1 and doc.text == src
 
 
-# --- HTML --------------------------------------------------------------------------------------------------
+# --- HTML -------------------------------------------------------------------------------------------------
 
 PAGE = """<!doctype html>
 <html><head><title>Incident Runbook</title>
@@ -181,7 +181,7 @@ def test_html_in_latin1_is_a_load_error_not_mojibake() -> None:
         load_document("<p>Caf\u00e9</p>".encode("latin-1"), "html")
 
 
-# --- PDF ---------------------------------------------------------------------------------------------------
+# --- PDF --------------------------------------------------------------------------------------------------
 
 
 def make_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
@@ -269,7 +269,7 @@ def test_pdf_without_text_is_a_load_error() -> None:
         load_document(make_pdf([[]]), "pdf")
 
 
-# --- DOCX --------------------------------------------------------------------------------------------------
+# --- DOCX -------------------------------------------------------------------------------------------------
 
 
 def make_docx() -> bytes:

@@ -8,9 +8,8 @@ import pytest
 
 from kb import PersonaFormatError
 from kb.personas import bundled_dir, load_persona_file, parse_persona
-from tests.conftest import SHARED
 
-SEED = SHARED / "seed" / "backend-engineer.md"
+SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "backend-engineer.md"
 
 
 @pytest.mark.skipif(not SEED.exists(), reason="../shared/seed/backend-engineer.md is not available here")
@@ -23,7 +22,11 @@ def test_seed_persona_parses() -> None:
     assert len(p.consult_questions) == 20
     assert "How do I handle pagination for large datasets?" in p.consult_questions
     assert [c.label for c in p.always_consider] == [
-        "Security implications", "Failure modes", "Data integrity", "Performance impact", "Operational complexity",
+        "Security implications",
+        "Failure modes",
+        "Data integrity",
+        "Performance impact",
+        "Operational complexity",
     ]
     assert {r.url for r in p.key_resources} == {
         "https://github.com/donnemartin/system-design-primer",
@@ -38,7 +41,13 @@ def test_seed_persona_parses() -> None:
 
 def test_bundled_personas_parse_and_keep_the_seed_facts() -> None:
     names = {p.stem for p in bundled_dir().glob("*.md")}
-    assert {"backend-engineer", "frontend-engineer", "engineering-lead", "senior-pm", "business-analyst"} <= names
+    assert {
+        "backend-engineer",
+        "frontend-engineer",
+        "engineering-lead",
+        "senior-pm",
+        "business-analyst",
+    } <= names
     for path in bundled_dir().glob("*.md"):
         p = load_persona_file(path, "bundled")
         assert p.title and p.always_consider and p.key_resources and p.consult_questions, path.name

@@ -1,15 +1,12 @@
-"""Recommended resources end to end: a real HTTP server on 127.0.0.1 serving ../shared/resources as mirrors of the
-personas' URLs, real files in .workos/resources/, a real Chroma and (where quality or embedding counts are claimed)
-the real bundled model."""
+"""Recommended resources end to end: a real HTTP server on 127.0.0.1 serving ../shared/resources as mirrors of
+the personas' URLs, real files in .workos/resources/, a real Chroma and (where quality or embedding counts are
+claimed) the real bundled model."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +17,10 @@ from ingest.loaders import split_front_matter
 from kb import KnowledgeBase
 from kb.cli import app
 from kb.errors import ConfigError
-from tests.conftest import ROOT, CountingEmbedder, FakeEmbedder, copy_sample, verify_citation
-from tests.test_fetch import RESOURCES, LocalServer, serving
+from kb.testing import CountingEmbedder, FakeEmbedder, WebMirror, copy_workspace, run_kb, verify_citation
+
+ROOT = Path(__file__).resolve().parents[1]
+RESOURCES = ROOT.parent / "shared" / "resources"
 
 pytestmark = pytest.mark.skipif(not RESOURCES.is_dir(), reason=f"offline resource copies absent: {RESOURCES}")
 
@@ -37,14 +36,14 @@ QUESTION = "How should I handle pagination for large datasets?"
 def write_toml(
     ws: Path, base: str, sets: dict[str, str] | None = None, extra: str = "", drop: tuple[str, ...] = ()
 ) -> None:
-    """The backend engineer's resources, each served by the local mirror; the persona's others are dropped (never
-    looked up on the network). databass.dev stays: it is declared unavailable by default."""
+    """The backend engineer's resources, each served by the local mirror; the persona's others are dropped
+    (never looked up on the network). databass.dev stays: it is declared unavailable by default."""
     sets = sets or SETS
     mirrors = "\n".join(f'"{url}" = "{base}/res/{folder}/"' for url, folder in sets.items())
     dropped = json.dumps([u for u in SETS if u not in sets] + list(drop))
     (ws / "kb.toml").write_text(
-        f'[resources]\npersonas = ["backend-engineer"]\nallow_hosts = ["127.0.0.1"]\ndrop = {dropped}\n{extra}\n'
-        f"[resources.mirror]\n{mirrors}\n",
+        f'[resources]\npersonas = ["backend-engineer"]\nallow_hosts = ["127.0.0.1"]\n'
+        f"drop = {dropped}\n{extra}\n[resources.mirror]\n{mirrors}\n",
         encoding="utf-8",
     )
 
@@ -74,26 +73,20 @@ def by_url(items: list) -> dict[str, object]:  # type: ignore[type-arg]
     return {i.url: i for i in items}
 
 
-# --- the four sets, with the real model ------------------------------------------------------------------------
+# --- the four sets, with the real model -------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    with serving(tmp_path_factory.mktemp("site")) as srv:
-        yield srv
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[LocalServer]:
-    with serving(tmp_path / "site") as srv:
+def served() -> Iterator[WebMirror]:
+    with WebMirror({"/res/": RESOURCES}) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def fetched(
-    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, served: LocalServer
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, served: WebMirror
 ) -> tuple[Path, object]:
-    ws = copy_sample(tmp_path_factory.mktemp("fetched") / "ws")
+    ws = copy_workspace(ROOT / "data", tmp_path_factory.mktemp("fetched") / "ws")
     write_toml(ws, served.base)
     with KnowledgeBase.open(ws, model_cache_dir=model_cache) as kb:
         report = kb.fetch_resources()
@@ -107,7 +100,7 @@ def test_fetch_all_four_resource_sets(fetched: tuple[Path, object], model_cache:
     assert outcomes["https://www.databass.dev/"].status == "unavailable"
     assert "book" in outcomes["https://www.databass.dev/"].reason
     with KnowledgeBase.open(ws, model_cache_dir=model_cache) as kb:
-        listed = by_url(kb.resources.catalog())
+        listed = by_url(kb.resources())
     for url, folder in SETS.items():
         assert outcomes[url].status == "fetched" and not outcomes[url].pages_failed, outcomes[url]
         info = listed[url]
@@ -131,7 +124,7 @@ def test_fetch_all_four_resource_sets(fetched: tuple[Path, object], model_cache:
 
 @pytest.mark.slow
 def test_refetch_with_nothing_changed_is_304_and_embeds_nothing(
-    fetched: tuple[Path, object], served: LocalServer, model_cache: Path, tmp_path: Path
+    fetched: tuple[Path, object], served: WebMirror, model_cache: Path, tmp_path: Path
 ) -> None:
     ws = tmp_path / "ws"
     shutil.copytree(fetched[0], ws, symlinks=True)
@@ -150,29 +143,9 @@ def test_refetch_with_nothing_changed_is_304_and_embeds_nothing(
 
 
 @pytest.mark.slow
-def test_demo_ask_cites_a_workspace_file_and_a_resource_with_urls(
-    fetched: tuple[Path, object], model_cache: Path
-) -> None:
+def test_demo_ask_cites_a_workspace_file_and_a_resource_with_urls(fetched: tuple[Path, object]) -> None:
     ws = fetched[0]
-    env = {**os.environ, "KB_MODEL_CACHE_DIR": str(model_cache), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kb",
-            "ask",
-            QUESTION,
-            "--persona",
-            "backend-engineer",
-            "--json",
-            "--workspace",
-            str(ws),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    run = run_kb("ask", QUESTION, "--persona", "backend-engineer", "--json", "--workspace", ws)
     assert run.returncode == 0, run.stderr
     citations = json.loads(run.stdout)["citations"]
     resource = [c for c in citations if c["path"].startswith(".workos/resources/")]
@@ -186,27 +159,12 @@ def test_demo_ask_cites_a_workspace_file_and_a_resource_with_urls(
     assert all("url" not in c for c in own)
     for c in citations:
         assert verify_citation(ws, c["path"], c["start_line"], c["end_line"], c["quote"]), c
-    search = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kb",
-            "search",
-            "page token page size pagination",
-            "--json",
-            "--workspace",
-            str(ws),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    search = run_kb("search", "page token page size pagination", "--json", "--workspace", ws)
     hits = [h for h in json.loads(search.stdout)["hits"] if h["source_type"] == "resource"]
     assert hits and all(h["url"].startswith("https://") for h in hits)
 
 
-# --- behaviour, with a fast fake embedder ------------------------------------------------------------------------
+# --- behaviour, with a fast fake embedder -----------------------------------------------------------------
 
 
 def open_fake(ws: Path) -> KnowledgeBase:
@@ -214,7 +172,7 @@ def open_fake(ws: Path) -> KnowledgeBase:
 
 
 def test_failed_refetch_keeps_the_copy_and_one_failure_never_fails_the_rest(
-    workspace: Path, server: LocalServer
+    workspace: Path, server: WebMirror
 ) -> None:
     small = {u: f for u, f in SETS.items() if f in ("twelve-factor", "owasp-top10-2021")}
     write_toml(workspace, server.base, small)
@@ -230,7 +188,7 @@ def test_failed_refetch_keeps_the_copy_and_one_failure_never_fails_the_rest(
     with open_fake(workspace) as kb:
         report = kb.fetch_resources(force=True)
         outcomes = {o.url: o for o in report.resources}
-        listed = by_url(kb.resources.catalog())
+        listed = by_url(kb.resources())
     assert (
         outcomes["https://12factor.net/"].status == "error"
         and "HTTP 500" in outcomes["https://12factor.net/"].reason
@@ -251,7 +209,7 @@ def test_failed_refetch_keeps_the_copy_and_one_failure_never_fails_the_rest(
     assert report.index is not None
 
 
-def test_junk_html_page_becomes_clean_markdown_cited_by_url(workspace: Path, server: LocalServer) -> None:
+def test_junk_html_page_becomes_clean_markdown_cited_by_url(workspace: Path, server: WebMirror) -> None:
     url = f"{server.base}/site/junk.html"
     (workspace / "kb.toml").write_text(
         f'[resources]\npersonas = []\nadd = ["{url}"]\nallow_hosts = ["127.0.0.1"]\n'
@@ -269,7 +227,7 @@ def test_junk_html_page_becomes_clean_markdown_cited_by_url(workspace: Path, ser
     assert hit.url == url and hit.to_dict()["url"] == url
 
 
-def test_max_age_pin_and_drop(workspace: Path, server: LocalServer) -> None:
+def test_max_age_pin_and_drop(workspace: Path, server: WebMirror) -> None:
     small = {"https://12factor.net/": "twelve-factor"}
     write_toml(workspace, server.base, small)
     with open_fake(workspace) as kb:
@@ -287,13 +245,13 @@ def test_max_age_pin_and_drop(workspace: Path, server: LocalServer) -> None:
     )
     with open_fake(workspace) as kb:
         report = kb.fetch_resources(force=True)
-        listed = by_url(kb.resources.catalog())
+        listed = by_url(kb.resources())
     assert {o.url: o.status for o in report.resources}["https://12factor.net/"] == "pinned"
     assert len(server.requests) == before and "https://www.databass.dev/" not in listed
     assert listed["https://12factor.net/"].pinned and listed["https://12factor.net/"].status == "fetched"
     write_toml(workspace, server.base, small, extra="max_age_hours = 0")
     with open_fake(workspace) as kb:
-        assert by_url(kb.resources.catalog())["https://12factor.net/"].status == "stale"
+        assert by_url(kb.resources())["https://12factor.net/"].status == "stale"
         outcomes = {o.url: o.status for o in kb.fetch_resources().resources}
     assert outcomes["https://12factor.net/"] == "unchanged", "stale: re-checked, and the 304s change nothing"
     assert len(server.requests) > before
@@ -304,7 +262,7 @@ def test_import_and_local_mirror_store_the_copy_as_the_url(workspace: Path) -> N
     with open_fake(workspace) as kb:
         first = kb.import_resource(copy, "https://12factor.net/")
         again = kb.import_resource(copy, "https://12factor.net/")
-        listed = by_url(kb.resources.catalog())
+        listed = by_url(kb.resources())
     assert (
         first.resources[0].pages_written == 16 and first.index is not None and first.index.chunks_embedded > 0
     )

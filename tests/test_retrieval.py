@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from kb import KnowledgeBase
+from kb.answer.retrieval import Filters, fuse, near_duplicate
 from kb.errors import KbError
 from kb.index.lexical import analyze
-from kb.answer.retrieval import Filters, fuse, near_duplicate
-from tests.conftest import ROOT, FakeEmbedder
+from kb.testing import FakeEmbedder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NOTIF = "projects/prds/notifications.md"
 QUESTIONS = ROOT / "benchmarks/questions/sample-workspace.jsonl"
@@ -62,8 +64,10 @@ def test_lexical_index_is_rebuilt_from_an_old_manifest_without_embedding(workspa
     emb = FakeEmbedder()
     KnowledgeBase.open(workspace, embedder=emb).index()
     db = sqlite3.connect(workspace / ".workos/.kb/manifest.sqlite3")
-    db.executescript("DROP TRIGGER sections_fts_ad; DROP TABLE sections_fts_vocab; DROP TABLE sections_fts;"
-                     "DROP TABLE sections; DELETE FROM meta WHERE key='lexical_version';")
+    db.executescript(
+        "DROP TRIGGER sections_fts_ad; DROP TABLE sections_fts_vocab; DROP TABLE sections_fts;"
+        "DROP TABLE sections; DELETE FROM meta WHERE key='lexical_version';"
+    )
     db.close()
     emb2 = FakeEmbedder()
     kb = KnowledgeBase.open(workspace, embedder=emb2)
@@ -162,7 +166,9 @@ class KeywordReranker:
 
 def test_reranker_stage_reorders_fused_candidates(indexed: Path) -> None:
     plain = KnowledgeBase.open(indexed).search("notifications", k=5)
-    target = next(h for h in KnowledgeBase.open(indexed).search("notifications", k=30) if "digest" in h.text.lower())
+    target = next(
+        h for h in KnowledgeBase.open(indexed).search("notifications", k=30) if "digest" in h.text.lower()
+    )
     assert plain[0].chunk_id != target.chunk_id
     rr = KeywordReranker("digest")
     hits = KnowledgeBase.open(indexed, reranker=rr).search("notifications", k=5)

@@ -1,7 +1,7 @@
 """The watcher's local server and its client: security, validation, faithful results, a thin client.
 
-A real :class:`kb.serve.watcher.Watcher` serves on a real Unix socket (fake embedder; real Chroma); clients are this
-process (kb.serve.client), raw sockets, and real ``kb`` subprocesses.
+A real :class:`kb.serve.watcher.Watcher` serves on a real Unix socket (fake embedder; real Chroma); its
+clients are this process (kb.serve.client), raw sockets, and real ``kb`` subprocesses.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_watch import small_workspace, watcher_thread
 
 from kb import KnowledgeBase
 from kb.errors import EmptyIndexError, KbError
 from kb.models import Answer, Hit, IndexReport, Status
 from kb.serve.client import MAX_REQUEST, connect, socket_path
 from kb.serve.server import is_socket_private, raw_request
+from kb.testing import small_workspace, watcher_thread
 
 
 def reply(path: Path, payload: bytes) -> dict:

@@ -16,89 +16,44 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeEmbedder
 
 from kb import KnowledgeBase
 from kb.serve.client import socket_path
-from kb.serve.watcher import Reindexed, Watcher
+from kb.testing import (
+    Background,
+    FakeEmbedder,
+    copy_workspace,
+    kb_watch,
+    run_kb,
+    small_workspace,
+    wait_for,
+    watcher_thread,
+)
 
 PRD = "projects/prds/notifications.md"
 _SCRATCH = itertools.count()
 
 # A watcher process with the fake embedder (fuzz and overflow tests: embedding quality is irrelevant there).
-FAKE_WATCH = f"""
-import sys, logging
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-from conftest import FakeEmbedder
+FAKE_WATCH = """
+import sys
 from kb import KnowledgeBase
+from kb.testing import FakeEmbedder
 from kb.cli.watch_render import log_to_stderr
 log_to_stderr()
 kb = KnowledgeBase.open(sys.argv[1], embedder=FakeEmbedder())
-kb.serve.watcher(reconcile_every=float(sys.argv[2]))
+kb.watch(reconcile_every=float(sys.argv[2]))
 """
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
-def kb_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kb", *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(every)
-
-
-class Proc:
-    """A watcher process whose stderr goes to a file we can read while it runs."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.log = log
-        self.fh = open(log, "a")
-        self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.fh, text=True)
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        wait_for(lambda: "ready: watching" in self.text() or self.p.poll() is not None, timeout)
-        assert self.p.poll() is None, self.text()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-        code = self.p.wait(timeout)
-        self.fh.close()
-        return code
-
-
-def start_kb_watch(ws: Path, log: Path) -> Proc:
-    proc = Proc([sys.executable, "-m", "kb", "watch", "--workspace", str(ws)], log)
-    proc.wait_ready()
-    return proc
-
-
-def start_fake_watch(ws: Path, log: Path, reconcile_every: float = 3600.0) -> Proc:
-    proc = Proc([sys.executable, "-c", FAKE_WATCH, str(ws), str(reconcile_every)], log)
-    proc.wait_ready()
-    return proc
+def start_fake_watch(ws: Path, log: Path, reconcile_every: float = 3600.0) -> Background:
+    return Background([sys.executable, "-c", FAKE_WATCH, str(ws), str(reconcile_every)], log).wait_for_line()
 
 
 def view(ws: Path) -> tuple[dict[str, tuple[str, tuple[str, ...]]], set[str]]:
@@ -119,7 +74,7 @@ def view(ws: Path) -> tuple[dict[str, tuple[str, tuple[str, ...]]], set[str]]:
 def from_scratch(ws: Path, dest: Path) -> tuple[dict[str, tuple[str, tuple[str, ...]]], set[str]]:
     """Index a copy of ``ws``'s files (no index) from scratch with the fake embedder."""
     dest = dest / f"n{next(_SCRATCH)}"  # a fresh folder each time (Chroma caches clients per path)
-    shutil.copytree(ws, dest, symlinks=True, ignore=shutil.ignore_patterns(".kb"))
+    copy_workspace(ws, dest, symlinks=True)
     with KnowledgeBase.open(dest, embedder=FakeEmbedder()) as kb:
         kb.index()
     return view(dest)
@@ -151,52 +106,6 @@ def settle(ws: Path, scratch: Path, timeout: float = 60.0) -> None:
         ) from None
 
 
-@contextmanager
-def watcher_thread(ws: Path, **options: Any) -> Iterator[tuple[Watcher, FakeEmbedder, list[Reindexed]]]:
-    """A Watcher on a thread (real watchdog, real Chroma, the fake embedder); stopped and checked on exit."""
-    emb = FakeEmbedder()
-    kb = KnowledgeBase.open(ws, embedder=emb)
-    events: list[Reindexed] = []
-    options.setdefault("reconcile_every", 3600.0)
-    w = Watcher(kb.engine, kb.query, on_reindex=events.append, **options)
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            w.run(stop)
-        except BaseException as exc:  # surfaced to the test
-            failure.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    wait_for(lambda: w.ready.is_set() or failure, 60)
-    assert not failure, failure
-    try:
-        yield w, emb, events
-    finally:
-        stop.set()
-        t.join(30)
-        assert not t.is_alive()
-        assert not failure, failure
-        # Chroma holds exactly the manifest's chunks after a clean stop.
-        store = kb.engine.store
-        assert store.ids() == view(ws)[1]
-        kb.close()
-
-
-def small_workspace(tmp_path: Path) -> Path:
-    ws = tmp_path / "small"
-    for sub in (".workos/context", "projects/prds", "outside"):
-        (ws / sub).mkdir(parents=True)
-    for i in range(4):
-        (ws / f"projects/prds/doc{i}.md").write_text(
-            f"# Doc {i}\n\nAlpha beta gamma {i}.\n\n## Part\n\nDelta {i}.\n"
-        )
-    (ws / ".workos/context/team.md").write_text("# Team\n\nAda owns billing.\n")
-    return ws
-
-
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp~")
     tmp.write_text(text)
@@ -206,15 +115,15 @@ def write_atomic(path: Path, text: str) -> None:
 # --- the real thing: `kb watch` with the bundled model, queried from other processes ----------------------
 @pytest.mark.slow
 def test_kb_watch_keeps_search_fresh_and_owns_the_index(indexed: Path, tmp_path: Path) -> None:
-    proc = start_kb_watch(indexed, tmp_path / "watch.log")
+    proc = kb_watch(indexed, tmp_path / "watch.log")
     try:
-        assert not kb_cli("search", "x", "--workspace", str(indexed)).returncode
+        assert not run_kb("search", "x", "--workspace", str(indexed)).returncode
         # An edit's new unique word is returned by `kb search` in another process.
         with open(indexed / PRD, "a") as fh:
             fh.write("\n\n## Codename\n\nThe retention pipeline is called quokkafrost internally.\n")
 
         def top(query: str) -> list[str]:
-            r = kb_cli("search", query, "-k", "3", "--json", "--workspace", str(indexed))
+            r = run_kb("search", query, "-k", "3", "--json", "--workspace", str(indexed))
             assert r.returncode == 0, r.stderr
             return [h["path"] for h in json.loads(r.stdout)["hits"] if "quokkafrost" in h["text"]]
 
@@ -233,23 +142,23 @@ def test_kb_watch_keeps_search_fresh_and_owns_the_index(indexed: Path, tmp_path:
         (indexed / "projects/prds/notify.md").unlink()
         wait_for(lambda: top("quokkafrost pipeline codename") == [], 20)
 
-        st = json.loads(kb_cli("status", "--json", "--workspace", str(indexed)).stdout)
-        assert st["watcher"]["running"] is True and st["watcher"]["pid"] == proc.p.pid
+        st = json.loads(run_kb("status", "--json", "--workspace", str(indexed)).stdout)
+        assert st["watcher"]["running"] is True and st["watcher"]["pid"] == proc.pid
         assert st["watcher"]["pending"] == 0 and st["watcher"]["mode"] == "inotify"
         assert "notify.md" in st["watcher"]["last_event"]
         assert all(s["path"] != PRD for s in st["sources"])
-        human = kb_cli("status", "--workspace", str(indexed)).stdout
-        assert f"running (pid {proc.p.pid}, inotify)" in human
+        human = run_kb("status", "--workspace", str(indexed)).stdout
+        assert f"running (pid {proc.pid}, inotify)" in human
 
         # One owner: `kb index` is routed to the watcher; a second `kb watch` is refused (exit 4).
-        idx = kb_cli("index", "--json", "--workspace", str(indexed))
+        idx = run_kb("index", "--json", "--workspace", str(indexed))
         assert idx.returncode == 0, idx.stderr
         assert json.loads(idx.stdout)["chunks_embedded"] == 0
-        second = kb_cli("watch", "--workspace", str(indexed), timeout=60)
+        second = run_kb("watch", "--workspace", str(indexed), timeout=60)
         assert (
-            second.returncode == 4 and "already running" in second.stderr and str(proc.p.pid) in second.stderr
+            second.returncode == 4 and "already running" in second.stderr and str(proc.pid) in second.stderr
         )
-        ask = kb_cli(
+        ask = run_kb(
             "ask", "How should we paginate the notifications API?", "--json", "--workspace", str(indexed)
         )
         assert ask.returncode in (0, 3), ask.stderr  # answered by the watcher (the PRD is gone)
@@ -258,8 +167,8 @@ def test_kb_watch_keeps_search_fresh_and_owns_the_index(indexed: Path, tmp_path:
     assert code == 0, proc.text()
     assert "stopped" in proc.text() and "Traceback" not in proc.text()
     assert not socket_path(indexed / ".workos/.kb").exists()
-    st = json.loads(kb_cli("status", "--json", "--workspace", str(indexed)).stdout)
-    assert st["watcher"]["running"] is False and st["watcher"]["pid"] == proc.p.pid
+    st = json.loads(run_kb("status", "--json", "--workspace", str(indexed)).stdout)
+    assert st["watcher"]["running"] is False and st["watcher"]["pid"] == proc.pid
     # Nothing half-written: Chroma holds exactly the manifest's chunks.
     with KnowledgeBase.open(indexed) as kb:
         assert kb.engine.store.ids() == view(indexed)[1]
@@ -267,11 +176,10 @@ def test_kb_watch_keeps_search_fresh_and_owns_the_index(indexed: Path, tmp_path:
 
 @pytest.mark.slow
 def test_workspace_moved_away_stops_with_a_clear_message(indexed: Path, tmp_path: Path) -> None:
-    proc = start_kb_watch(indexed, tmp_path / "watch.log")
+    proc = kb_watch(indexed, tmp_path / "watch.log")
     moved = tmp_path / "moved-ws"
     shutil.move(str(indexed), str(moved))
-    code = proc.p.wait(30)
-    proc.fh.close()
+    code = proc.wait(30)
     assert code == 1, proc.text()
     assert "was moved or deleted" in proc.text() and "kb watch --workspace" in proc.text()
     assert "Traceback" not in proc.text()
@@ -385,17 +293,17 @@ def test_inotify_overflow_triggers_a_rescan(tmp_path: Path) -> None:
     proc = start_fake_watch(ws, tmp_path / "watch.log")
     try:
         limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
-        proc.p.send_signal(signal.SIGSTOP)
+        proc.popen.send_signal(signal.SIGSTOP)
         n = 0
         for round_ in range(3):
             for i in range(limit // 9 + 200):
                 (ws / f"projects/prds/f{i}.md").write_text(f"# F{i}\n\nround {round_} file {i}\n")
                 n += 3
-        proc.p.send_signal(signal.SIGCONT)
+        proc.popen.send_signal(signal.SIGCONT)
         settle(ws, tmp_path / "scratch", timeout=180)
         assert "overflowed" in proc.text() and "rescanning" in proc.text()
     finally:
-        proc.p.send_signal(signal.SIGCONT)
+        proc.popen.send_signal(signal.SIGCONT)
         assert proc.stop() == 0
 
 

@@ -19,6 +19,7 @@ import pytest
 from test_watch import settle, start_fake_watch, view
 
 from kb import KnowledgeBase
+from kb.testing import FakeEmbedder
 
 WORDS = (
     "alpha beta gamma delta epsilon zeta theta kappa lambda sigma omega billing ledger cursor page "
@@ -158,15 +159,15 @@ def test_watched_index_equals_a_from_scratch_index(tmp_path: Path, seed: int, va
         while done < OPS:
             if rng.random() < 0.08:
                 if "sigstop" in variant and done > OPS // 3 and "stopped" not in kinds:
-                    proc.p.send_signal(signal.SIGSTOP)
+                    proc.popen.send_signal(signal.SIGSTOP)
                     tree.burst(50)
-                    proc.p.send_signal(signal.SIGCONT)
+                    proc.popen.send_signal(signal.SIGCONT)
                     kinds.add("stopped")
                 elif "sigkill" in variant and done > 2 * OPS // 3 and "killed" not in kinds:
                     tree.burst(20)
-                    proc.p.send_signal(signal.SIGKILL)  # mid-burst: events pending, maybe a run in progress
-                    proc.p.wait(30)
-                    proc.fh.close()
+                    # mid-burst: events pending, maybe a run in progress
+                    proc.popen.send_signal(signal.SIGKILL)
+                    proc.wait(30)
                     tree.burst(30)
                     proc = start_fake_watch(ws, log)
                     kinds.add("killed")
@@ -191,6 +192,6 @@ def test_watched_index_equals_a_from_scratch_index(tmp_path: Path, seed: int, va
     assert "Traceback" not in log.read_text()
     # After a clean stop: Chroma holds exactly the manifest's chunks, and it still equals from scratch.
     sources, ids = view(ws)
-    with KnowledgeBase.open(ws) as kb:
+    with KnowledgeBase.open(ws, embedder=FakeEmbedder()) as kb:  # the index's own model (the fingerprint)
         assert kb.engine.store.ids() == ids
     assert len(sources) > 5
