@@ -262,7 +262,14 @@ class Watcher:
         if len(covered) > FULL_RUN_ABOVE:
             self._full(f"{len(covered)} paths changed")
             return
-        cands, skipped = discover_paths(self.root, self.include, self.exclude, self.max_bytes, covered)
+        cands, skipped = discover_paths(
+            self.root,
+            self.include,
+            self.exclude,
+            self.max_bytes,
+            covered,
+            follow_hardlinks=self.engine.settings.follow_hardlinks,
+        )
         covered.update(c.path for c in cands)
 
         def work() -> IndexReport:
