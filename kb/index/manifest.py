@@ -237,6 +237,20 @@ class Manifest:
         )
         lexical.put(self.db, source.path, chunks)
 
+    def integrity(self) -> str:
+        """SQLite's quick check: "ok", or what is damaged."""
+        rows = self.db.execute("PRAGMA quick_check").fetchall()
+        return "; ".join(str(r[0]) for r in rows[:3])
+
+    def lexical_ok(self) -> bool:
+        """The BM25 tables are of this analyzer's version and hold one row per section of the chunks."""
+        return self.get_meta("lexical_version") == lexical.ANALYZER_VERSION and lexical.in_step(self.db)
+
+    def empty_sources(self) -> list[str]:
+        """Sources with no chunk (an indexed file always has one): an inconsistency."""
+        rows = self.db.execute("SELECT path FROM sources WHERE path NOT IN (SELECT path FROM chunks)")
+        return sorted(r[0] for r in rows)
+
     def rebuild_lexical(self) -> None:
         """Re-derive the BM25 index from the chunks (after an analyzer change or an upgrade; no embedding)."""
         with self.db:
