@@ -23,6 +23,7 @@ known failure.
 from __future__ import annotations
 
 import errno
+import os
 
 
 class KbError(Exception):
@@ -90,35 +91,37 @@ _PROBLEMS = (
         13,
         ("database or disk is full", "no space left on device", "disk quota exceeded"),
         "the disk is full",
-        "Free some space",
+        "Free some space and run the command again; the index was left as it was (it is not damaged).",
     ),
     (
         (errno.EROFS,),
         8,
         ("readonly database", "read-only file system"),
         "the file system is read-only",
-        "Make it writable (e.g. remount it read-write)",
+        "Make it writable (e.g. remount it read-write) and run the command again; the index was left as it "
+        "was.",
     ),
     (
         (errno.EIO,),
         10,
         ("disk i/o error", "input/output error"),
         "an I/O error (the disk may be failing; see dmesg)",
-        "Check the disk",
+        "Check the disk, then run the command again; what was committed before the error is kept.",
     ),
     (
         (errno.ENOENT, errno.ENOTDIR, errno.ESTALE),
         14,
         ("unable to open database file", "no such file or directory"),
-        "a file or folder of the index vanished",
-        "Check that nothing deletes .workos/.kb while kb runs",
+        "a file or folder of the index vanished or cannot be opened",
+        "Check that nothing deletes .workos/.kb while kb runs, then run the command again: kb index rebuilds "
+        "what is missing.",
     ),
     (
         (errno.EACCES, errno.EPERM),
         23,
         ("permission denied", "operation not permitted", "authorization denied"),
         "permission denied",
-        "Check the permissions of the index folder",
+        "Fix the permissions of the index folder and run the command again; the index was left as it was.",
     ),
 )
 
@@ -132,6 +135,8 @@ def storage_problem(exc: BaseException) -> tuple[str, str] | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         text = str(current).lower()
+        if getattr(current, "sqlite_errorcode", None) == 1032 or "(code: 1032)" in text:
+            return _PROBLEMS[3][3:]  # SQLITE_READONLY_DBMOVED: the database file was deleted or moved
         for errnos, code, fragments, what, todo in _PROBLEMS:
             if isinstance(current, OSError) and current.errno in errnos:
                 return what, todo
@@ -147,8 +152,14 @@ def storage_error(exc: BaseException, where: object) -> StorageError | None:
     problem = storage_problem(exc)
     if problem is None:
         return None
+    if problem == _PROBLEMS[3][3:] and _read_only(where):  # SQLite's "unable to open" on a read-only mount
+        problem = _PROBLEMS[1][3:]
     what, todo = problem
-    return StorageError(
-        f"Cannot use the index in {where}: {what}. {todo}, then run the command again; the index was left as "
-        "it was (it is not damaged)."
-    )
+    return StorageError(f"Cannot use the index in {where}: {what}. {todo}")
+
+
+def _read_only(where: object) -> bool:
+    try:
+        return bool(os.statvfs(str(where)).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False

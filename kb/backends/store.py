@@ -88,6 +88,7 @@ class ChromaStore:
                 self._client = self._collection = None
                 failure = storage_error(exc, self.path)
                 if failure is not None:
+                    forget_client(self.path)
                     raise failure from exc
                 if "database is locked" in str(exc).lower():
                     raise IndexLockedError(
@@ -110,6 +111,8 @@ class ChromaStore:
             failure = storage_error(exc, self.path)
             if failure is None:
                 raise
+            self.close()
+            forget_client(self.path)  # the next open starts afresh (the folder may have been deleted)
             raise failure from exc
 
     @property
@@ -197,6 +200,18 @@ class ChromaStore:
     def close(self) -> None:
         self._collection = None
         self._client = None
+
+
+def forget_client(path: Path) -> None:
+    """Drop Chroma's in-process cache of the client for ``path`` (it caches one per folder, and would keep
+    serving a database file that was deleted under it)."""
+    try:
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        for cache in (SharedSystemClient._identifier_to_system, SharedSystemClient._identifier_to_refcount):
+            cache.pop(str(path), None)
+    except Exception:  # pragma: no cover - internal API moved
+        log.debug("could not clear Chroma's client cache", exc_info=True)
 
 
 def quarantine(path: Path) -> Path:
