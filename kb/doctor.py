@@ -66,7 +66,9 @@ def diagnose(engine: IndexEngine, *, repair: bool = False, remove_damaged: bool 
     add(DoctorCheck("manifest", True, f"{sources} sources, {chunks} chunks"))
     with _locked(engine, repair):
         _manifest_checks(manifest, add, repair)
-        if owner is None and _fingerprint(engine, manifest, add):
+        if owner is not None:
+            add(DoctorCheck("vectors", True, f"not checked: kb watch (pid {owner}) owns the vector index"))
+        elif _fingerprint(engine, manifest, add):
             _vectors(engine, manifest, add, repair)
             _collections(engine, add, repair)
     _files(engine, add, owner)

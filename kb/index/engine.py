@@ -149,20 +149,26 @@ class IndexEngine:
         """Once per engine, before the first query: does the vector index hold as many chunks as the
         manifest lists? If not (an emptied or replaced ``chroma.sqlite3``, a killed run), reconcile now from
         the cached vectors — unless another process is writing (it reconciles itself when it finishes)."""
-        want, have = manifest.chunk_total(), self.store.count()
+        want = manifest.chunk_total()
+        try:
+            have = self.store.count()
+        except IndexCorruptError as exc:  # set aside and rebuilt from the cached vectors, as kb index does
+            log.warning("%s", exc)
+            have = -1
         if have == want:
             return
-        log.warning("the vector index holds %d chunks, the manifest %d: repairing", have, want)
+        log.warning("the vector index holds %d chunks, the manifest %d: repairing", max(have, 0), want)
         try:
             with self.write_lock():
-                repaired = self.reconcile()
+                repaired = [f"vector index {self.store.reset()}"] if have < 0 else []
+                repaired += self.reconcile()
         except IndexLockedError:
             log.warning("another kb process is writing the index; it repairs the vector index when done")
             return
         except StorageError as exc:
             raise IndexCorruptError(
-                f"The vector index holds {have} of the {want} chunks the manifest lists and could not be "
-                f"repaired: {exc} Then run: kb doctor --repair"
+                f"The vector index holds {max(have, 0)} of the {want} chunks the manifest lists and could "
+                f"not be repaired: {exc} Then run: kb doctor --repair"
             ) from None
         for line in repaired:
             log.warning("index repair: %s", line)
