@@ -210,10 +210,10 @@ def connect(
         except OSError as exc:
             sock.close()
             busy = isinstance(exc, BlockingIOError | TimeoutError) or exc.errno in (errno.EAGAIN, errno.EINTR)
-            owner = None if busy else owner_pid(ws)
-            if not busy and owner is None:  # nobody listens and no watcher lives: a socket left behind
+            if not busy and owner_pid(ws) is None:  # nobody listens, no watcher lives: a socket left behind
                 return None
             if time.monotonic() >= deadline:
+                owner = owner_pid(ws)
                 who = f"kb watch (pid {owner})" if owner else "kb watch"
                 raise errors.KbError(
                     f"{who} owns the index of {ws.root} but did not accept a connection within {wait:g} s "
