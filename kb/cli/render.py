@@ -124,7 +124,7 @@ def print_answer(out: Console, a: Answer) -> None:
                 where = f"{escape(h.path)}:{h.start_line}-{h.end_line}"
                 out.print(f"  - {where} › {escape(h.heading)} ({h.score:.2f})")
         return
-    out.print(escape(a.answer).replace("\\[", "["))
+    out.print(a.answer, markup=False)  # text from documents: "[secret: …]", "[link=…]" shown as they are
     out.print()
     out.print("[bold]Sources[/]")
     for c in a.citations:
