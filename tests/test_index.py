@@ -53,6 +53,43 @@ def test_touch_embeds_nothing(indexed: Path) -> None:
     assert not report.updated
 
 
+def test_size_and_mtime_unchanged_means_not_read(indexed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proof that such a file is not read: its content is changed behind kb's back, keeping its size and
+    mtime, and the index keeps the old content; the reads are counted too. Then the size alone, and the mtime
+    alone, each make kb read it."""
+    import kb.index.indexer
+
+    reads: list[str] = []
+    real_read = kb.index.indexer.read_candidate
+
+    def counting_read(cand: object, max_bytes: int) -> bytes:
+        reads.append(cand.path)  # type: ignore[attr-defined]
+        return real_read(cand, max_bytes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kb.index.indexer, "read_candidate", counting_read)
+    target = indexed / NOTIF
+    st = target.stat()
+    swapped = target.read_text().replace("cursor-paginated", "walrus-paginated", 1)
+    assert len(swapped.encode()) == st.st_size
+    target.write_text(swapped)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with KnowledgeBase.open(indexed) as kb_:
+        report = kb_.index()
+        assert reads == [] and report.unchanged == 7 and not report.updated
+        assert kb_.search("walrus", k=3, mode="bm25") == [], "the old content is still indexed: not read"
+    # Same mtime, one byte more: read.
+    target.write_text(swapped + "\n")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with KnowledgeBase.open(indexed) as kb_:
+        assert kb_.index().updated == [NOTIF] and reads == [NOTIF]
+        assert any("walrus-paginated" in h.text for h in kb_.search("walrus", k=3, mode="bm25"))
+    # Same size, another mtime: read (and, the content being the same, only touched).
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    with KnowledgeBase.open(indexed) as kb_:
+        report = kb_.index()
+        assert reads == [NOTIF, NOTIF] and report.unchanged == 7 and report.chunks_embedded == 0
+
+
 def test_modified_file_reembeds_only_changed_chunks(indexed: Path) -> None:
     kb, emb = open_counting(indexed)
     chunks_before = len(kb.engine.ready()[0].chunks_of(NOTIF))
