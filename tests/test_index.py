@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kb import IndexLockedError, KnowledgeBase
-from kb.testing import CountingEmbedder, FakeEmbedder
+from kb.testing import CountingEmbedder, FakeEmbedder, run_kb
 
 NOTIF = "projects/prds/notifications.md"
 
@@ -163,18 +166,20 @@ def test_model_change_rebuilds(indexed: Path, tmp_path: Path) -> None:
     assert ids == chroma
 
 
-def test_second_writer_is_refused(indexed: Path) -> None:
+@contextlib.contextmanager
+def lock_held_by_another_process(ws: Path) -> Iterator[None]:
+    """Another process holds the index's write lock (and recorded pid 4242 in it) while in ``with``."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             textwrap.dedent(f"""
             import fcntl, sys, time
-            fh = open({str(indexed / ".workos/.kb/write.lock")!r}, 'a+')
+            fh = open({str(ws / ".workos/.kb/write.lock")!r}, 'a+')
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.seek(0); fh.truncate(); fh.write('4242'); fh.flush()
             print('locked', flush=True)
-            time.sleep(30)
+            time.sleep(60)
         """),
         ],
         stdout=subprocess.PIPE,
@@ -182,11 +187,30 @@ def test_second_writer_is_refused(indexed: Path) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(IndexLockedError, match="pid 4242"):
-            KnowledgeBase.open(indexed).index()
+        yield
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_second_writer_is_refused(indexed: Path) -> None:
+    with lock_held_by_another_process(indexed), pytest.raises(IndexLockedError, match="pid 4242"):
+        KnowledgeBase.open(indexed).index()
+
+
+def test_kb_index_exit_codes_2_and_4_from_the_cli(indexed: Path) -> None:
+    """README: 2 usage error, 4 the index is locked by another kb process; one line each, no traceback."""
+    usage = run_kb("index", "--no-such-option", "--workspace", indexed)
+    assert usage.returncode == 2, usage.stderr
+    assert "No such option: --no-such-option" in usage.stderr and "Traceback" not in usage.stderr
+    with lock_held_by_another_process(indexed):
+        locked = run_kb("index", "--json", "--workspace", indexed)
+    assert locked.returncode == 4, locked.stderr
+    lines = locked.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pid 4242" in lines[0] and "try again" in lines[0], locked.stderr
+    assert locked.stdout == ""
+    again = run_kb("index", "--json", "--workspace", indexed)  # the lock released: 0, nothing to do
+    assert again.returncode == 0 and json.loads(again.stdout)["chunks_embedded"] == 0, again.stderr
 
 
 # Every ordering point of one run (kb/index/indexer.py): a child process indexes and SIGKILLs itself there.
