@@ -155,6 +155,16 @@ class SkippedFile(_Dict):
 
 
 @dataclass
+class RedactedSecret(_Dict):
+    """A credential found in a document and replaced by ``[secret: KIND]``: where and what kind, never the
+    secret. ``line`` 0: in the document's metadata (a PDF or DOCX title, an HTML title)."""
+
+    path: str
+    line: int
+    kind: str
+
+
+@dataclass
 class IndexReport(_Dict):
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
@@ -167,6 +177,7 @@ class IndexReport(_Dict):
     seconds: float = 0.0
     rebuilt: bool = False
     repaired: list[str] = field(default_factory=list)
+    redacted: list[RedactedSecret] = field(default_factory=list)  # secrets replaced in the files read now
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -181,12 +192,45 @@ class IndexReport(_Dict):
             "chunks_total": self.chunks_total,
             "rebuilt": self.rebuilt,
             "repaired": self.repaired,
+            "redacted": [r.to_dict() for r in self.redacted],
             "paths": {
                 "added": self.added,
                 "updated": self.updated,
                 "removed": self.removed,
                 "renamed": [{"from": a, "to": b} for a, b in self.renamed],
             },
+        }
+
+
+@dataclass
+class DoctorCheck(_Dict):
+    """One check of ``kb doctor``: ``ok``, or what is wrong (``message``) and how to fix it (``fix``);
+    ``repaired`` when ``--repair`` fixed it."""
+
+    name: str
+    ok: bool
+    message: str
+    fix: str | None = None
+    repaired: bool = False
+
+
+@dataclass
+class DoctorReport(_Dict):
+    workspace: str
+    checks: list[DoctorCheck] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[DoctorCheck]:
+        """Checks that failed and were not repaired."""
+        return [c for c in self.checks if not c.ok and not c.repaired]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workspace": self.workspace,
+            "ok": not self.problems,
+            "problems": len(self.problems),
+            "repaired": sum(c.repaired for c in self.checks),
+            "checks": [c.to_dict() for c in self.checks],
         }
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from kb.cli import doctor_command
 from kb.cli.group import EXIT_INTERRUPTED, command_group
 from kb.cli.options import (
     EXIT_ABSTAINED,
@@ -288,6 +289,7 @@ def config(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
 
 
 app.add_typer(resources_app, name="resources")
+app.command("doctor")(doctor_command.doctor)
 
 
 def main() -> None:
