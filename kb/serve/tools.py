@@ -124,7 +124,8 @@ class Tools:
         if start > total:
             raise BadRequest(f"start_line {start} is past the end of {rel} ({total} lines).")
         wanted = min(total, end if end is not None else total)
-        chosen, size, clipped = [], 0, False
+        chosen: list[str] = []
+        size, clipped = 0, False
         for line in lines[start - 1 : min(wanted, start + MAX_LINES - 1)]:
             if chosen and size + len(line) + 1 > MAX_CHARS:
                 break
@@ -275,10 +276,10 @@ def _choice(name: str, value: Any, allowed: Sequence[str]) -> str | None:
 def _name(name: str, value: Any) -> str | None:
     if value is None:
         return None
-    value = _text(name, value, MAX_NAME).strip()
-    if any(ord(c) < 32 for c in value):
+    text = _text(name, value, MAX_NAME).strip()
+    if any(ord(c) < 32 for c in text):
         raise BadRequest(f"{name} contains a control character.")
-    return value
+    return text
 
 
 def _items(name: str, value: Any, limit: int, allowed: Sequence[str] | None = None) -> list[str] | None:
