@@ -248,11 +248,15 @@ def watch(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per re-index on stdout.")
     ] = False,
+    resources: Annotated[
+        bool, typer.Option("--resources/--no-resources", help="Re-check stale recommended resources.")
+    ] = True,
 ) -> None:
     """Keep the index equal to the files until Ctrl-C: what changes is re-indexed as it changes.
 
     While it runs, kb search, ask, status and index from other terminals are answered by it (fresh, no cold
-    start). One log line per re-index on stderr: paths, action, chunks embedded, milliseconds.
+    start). One log line per re-index on stderr: paths, action, chunks embedded, milliseconds. Recommended
+    resources older than max_age_hours are re-checked in the background (--no-resources: not).
 
     Example: kb watch --workspace ./acme
     """
@@ -260,7 +264,12 @@ def watch(
 
     log_to_stderr()
     emit = (lambda r: print_json_line(r.__dict__)) if json_out else None
-    library(workspace).watch(debounce=debounce, polling=poll, on_reindex=emit)
+    refresher = serve_command.resource_refresher(workspace)[1].start() if resources else None
+    try:
+        library(workspace).watch(debounce=debounce, polling=poll, on_reindex=emit)
+    finally:
+        if refresher is not None:
+            refresher.stop()
 
 
 @app.command()

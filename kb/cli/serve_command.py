@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from kb.cli.options import WorkspaceOpt, library
+
+if TYPE_CHECKING:
+    from kb.models import ResourceInfo
+    from kb.serve.refresh import ResourceRefresher
 
 T = TypeVar("T")
 
@@ -64,14 +68,12 @@ def serve(
     from kb.cli.watch_render import log_to_stderr
     from kb.serve.http import ServeOptions, check_token, read_token
     from kb.serve.http import serve as run
-    from kb.serve.refresh import ResourceRefresher
 
     log_to_stderr()
     env_token = os.environ.get("KB_SERVE_TOKEN")
     token = read_token(token_file) if token_file else (check_token(env_token) if env_token else None)
-    kb, side = library(workspace), library(workspace)  # side: resources, on its own manifest connection
-    listing = _one_at_a_time(side.resources)
-    fetch = _one_at_a_time(lambda urls: side.fetch_resources(urls))
+    kb = library(workspace)
+    listing, refresher = resource_refresher(workspace)
     options = ServeOptions(
         host=host,
         port=port,
@@ -81,5 +83,15 @@ def serve(
         burst=max(1, int(rate_limit * 2)),
         watch={"debounce": debounce, "polling": poll},
     )
-    refresher = ResourceRefresher(listing, fetch) if resources else None
-    run(kb.engine, kb.query, options, resources=listing, refresher=refresher)
+    run(kb.engine, kb.query, options, resources=listing, refresher=refresher if resources else None)
+
+
+def resource_refresher(workspace: str | None) -> tuple[Callable[[], list[ResourceInfo]], ResourceRefresher]:
+    """The resource listing and a (not yet started) :class:`ResourceRefresher` for ``kb serve`` and ``kb
+    watch``, on a knowledge base of their own (its own manifest connection; its ``index`` goes to the
+    watcher over its socket), one call at a time."""
+    from kb.serve.refresh import ResourceRefresher
+
+    side = library(workspace)
+    listing = _one_at_a_time(side.resources)
+    return listing, ResourceRefresher(listing, _one_at_a_time(lambda urls: side.fetch_resources(urls)))

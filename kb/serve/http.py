@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import threading
 from collections import Counter
@@ -245,7 +246,19 @@ class HttpServer:
         return f"http://{host}:{self.port}"
 
     def run(self) -> None:
-        self.server.run(sockets=[self.sock])
+        """Serve until stopped. On the main thread uvicorn turns SIGINT/SIGTERM into a graceful stop, then
+        re-raises the signal to the handler found before: a no-op one here, so the caller cleans up."""
+        main = threading.current_thread() is threading.main_thread()
+        before = (
+            {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+            if main
+            else {}
+        )
+        try:
+            self.server.run(sockets=[self.sock])
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
 
     def start(self) -> HttpServer:
         self._thread = threading.Thread(target=self.run, name="kb-http", daemon=True)

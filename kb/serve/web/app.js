@@ -152,10 +152,14 @@ function renderAnswer(answer) {
   for (const raw of answer.answer.split("\n")) {
     const line = raw.trim();
     if (!line) { list = null; continue; }
-    const heading = /^\*\*(.+)\*\*$/.exec(line);
-    if (heading) {
+    const heading = /^\*\*(.+?)\*\*(.*)$/.exec(line);
+    if (heading && !heading[2].trim()) {
       body.append(el("h3", { class: "section" }, heading[1]));
       list = null;
+      continue;
+    }
+    if (heading && !list && !body.firstChild) {  // the answer's header: "**Title** · N sources ..."
+      body.append(el("p", { class: "meta" }, el("strong", {}, heading[1]), heading[2]));
       continue;
     }
     if (!list) { list = el("ul", { class: "sentences" }); body.append(list); }
