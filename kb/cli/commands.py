@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from kb.cli import serve_command
+from kb.cli import mcp_command, serve_command
 from kb.cli.group import EXIT_INTERRUPTED, command_group
 from kb.cli.options import (
     EXIT_ABSTAINED,
@@ -301,6 +301,7 @@ def config(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
 
 
 app.add_typer(resources_app, name="resources")
+app.command("mcp")(mcp_command.mcp)
 app.command("serve")(serve_command.serve)
 
 

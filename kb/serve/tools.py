@@ -61,9 +61,17 @@ MAX_READ_BYTES = 64 * 1024 * 1024  # bytes read_source reads from disk at most
 class Tools:
     """search / ask / read_source / status / personas over one workspace, as JSON-able dicts."""
 
-    def __init__(self, service: Service, workspace: Workspace):
+    def __init__(
+        self,
+        service: Service,
+        workspace: Workspace,
+        *,
+        max_lines: int = MAX_LINES,
+        max_chars: int = MAX_CHARS,
+    ):
         self.service = service
         self.workspace = workspace
+        self.max_lines, self.max_chars = max_lines, max_chars  # what one read_source reply carries at most
 
     # --- the verbs ----------------------------------------------------------------------------------------
     def search(
@@ -126,11 +134,11 @@ class Tools:
         wanted = min(total, end if end is not None else total)
         chosen: list[str] = []
         size, clipped = 0, False
-        for line in lines[start - 1 : min(wanted, start + MAX_LINES - 1)]:
-            if chosen and size + len(line) + 1 > MAX_CHARS:
+        for line in lines[start - 1 : min(wanted, start + self.max_lines - 1)]:
+            if chosen and size + len(line) + 1 > self.max_chars:
                 break
-            clipped = clipped or len(line) > MAX_CHARS
-            chosen.append(line[:MAX_CHARS])
+            clipped = clipped or len(line) > self.max_chars
+            chosen.append(line[: self.max_chars])
             size += len(chosen[-1]) + 1
         last = start + len(chosen) - 1
         out: dict[str, Any] = {
