@@ -190,9 +190,10 @@ def main() -> int:
     ap.add_argument("--page-asks", type=int, default=5)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    cache = os.environ.get("KB_MODEL_CACHE_DIR")  # reuse an ONNX export if one is named (not measured here)
     offline(drop_kb_settings=True, log=say)
     with scratch("kb-bench-http-", args.keep, say) as tmp:
-        os.environ["KB_MODEL_CACHE_DIR"] = str(tmp / "models")
+        os.environ["KB_MODEL_CACHE_DIR"] = cache or str(tmp / "models")
         return run(args, tmp)
 
 

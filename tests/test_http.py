@@ -314,6 +314,25 @@ def test_slow_and_silent_clients_do_not_block_others(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/v1/status").status_code == 200
 
 
+def test_a_slow_answer_on_a_kept_alive_connection_is_not_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head timeout is for the request head only: an answer that takes longer still arrives."""
+    slow_search = OwnerService.search
+
+    def search(self: OwnerService, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(2.5)
+        return slow_search(self, *args, **kwargs)
+
+    monkeypatch.setattr(OwnerService, "search", search)
+    ws = small_workspace(tmp_path)
+    with served(ws, head_timeout=1.0) as (url, _), httpx.Client(base_url=url, timeout=30) as http:
+        for _ in range(2):
+            assert http.get("/v1/status").status_code == 200
+            time.sleep(1.5)  # the connection idles past the head timeout (not the keep-alive one), then
+            assert http.post("/v1/search", json={"query": "alpha"}).status_code == 200
+
+
 # --- the remote CLI -----------------------------------------------------------------------------------------
 def test_remote_cli_same_output_and_exit_codes(tmp_path: Path) -> None:
     ws = small_workspace(tmp_path)

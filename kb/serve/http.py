@@ -183,10 +183,9 @@ def guarded_protocol(head_timeout: float, per_client: int) -> type[H11Protocol]:
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            idle = self.cycle is None or self.cycle.response_complete
+            if self.cycle is None or self.cycle.response_complete:  # the first bytes of a new request
+                self._arm()  # (armed for the cycle before it: the new one starting disarms it)
             super().data_received(data)
-            if idle:
-                self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._timer is not None:
