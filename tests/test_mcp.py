@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -342,14 +343,51 @@ def test_kb_mcp_speaks_only_protocol_on_stdout_and_exits_when_stdin_closes(tmp_p
     assert by_id[5]["result"]["structuredContent"]["watcher"]["pid"] == os.getpid()  # the owner answered
 
 
+@pytest.mark.slow
+def test_kb_mcp_watching_itself_stops_cleanly_on_sigterm(indexed: Path, tmp_path: Path) -> None:
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as errors:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "kb", "mcp", "--workspace", str(indexed)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert child.stdin and child.stdout
+        child.stdin.write(rpc(INIT))
+        child.stdin.flush()
+        assert json.loads(child.stdout.readline())["result"]["serverInfo"]["name"] == "kb"
+        wait_for(lambda: "ready: watching" in log.read_text(), 180)  # nobody else owns it: kb mcp watches
+        remote = connect(indexed)
+        assert remote is not None and remote.pid == child.pid  # ... and serves other kb commands
+        remote.close()
+        child.send_signal(signal.SIGTERM)  # stdin still open: it must not wait for it to close
+        code = child.wait(timeout=60)
+        rest = child.stdout.read()
+        child.stdin.close()
+    assert code == 128 + signal.SIGTERM and rest == b"", log.read_text()[-2000:]
+    assert "kb mcp stopped (SIGTERM)" in log.read_text()
+    assert connect(indexed) is None
+    watch = json.loads((indexed / ".workos/.kb/watch.json").read_text())
+    assert watch["running"] is False and watch["pid"] == child.pid
+
+
 def readme_server() -> dict[str, Any]:
-    """The ``kb`` server of the README's MCP configuration snippets (they all say the same)."""
+    """The ``kb`` server of the README's MCP configuration snippets (JSON and Codex's TOML say the same)."""
+    import tomllib
+
     section = README.split("\n## Agents (MCP)\n", 1)[1].split("\n## ", 1)[0]
     blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", section, re.S)]
     assert blocks, "README's Agents section has a JSON configuration snippet"
     servers = [b["mcpServers"]["kb"] for b in blocks]
-    assert all(s == servers[0] for s in servers)
-    assert "claude mcp add" in section and ".cursor/mcp.json" in section
+    servers += [
+        tomllib.loads(b)["mcp_servers"]["kb"] for b in re.findall(r"```toml\n(.*?)```", section, re.S)
+    ]
+    assert len(servers) >= 2 and all(s == servers[0] for s in servers)
+    claude = re.search(r"claude mcp add .*? -- (.+)", section)
+    assert claude and claude.group(1).split() == [servers[0]["command"], *servers[0]["args"]]
+    assert ".cursor/mcp.json" in section and "`kb mcp`" in README.split("\n## Commands\n", 1)[1]
     return servers[0]
 
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
@@ -58,5 +60,13 @@ def mcp(
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(owned.stop)
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops like Ctrl-C: cleanly
+    def on_signal(signum: int, frame: Any) -> None:
+        # The protocol's stdin reader is a thread blocked in read(): an interrupted event loop would wait for
+        # stdin to close. Stop the watcher (its run in progress finishes: the index stays whole), then leave.
+        owned.stop()
+        logging.getLogger("kb").info("kb mcp stopped (%s)", signal.Signals(signum).name)
+        os._exit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     run_stdio(build_mcp(lambda: owned, ws, lifespan=lifespan))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -36,7 +38,7 @@ from kb.workspace import Workspace
 
 NAME = "kb"
 RESOURCE_CHARS = 1_000_000  # characters of one kb:// resource read (a tool's read_source pages instead)
-MIME = {".md": "text/markdown", ".markdown": "text/markdown", ".mdx": "text/markdown"}
+MIME = "text/markdown"  # what kb indexed: the file's text, or markdown-like text extracted from PDF/HTML/DOCX
 
 INSTRUCTIONS = """kb answers questions about this team's workspace (context files, product requirement
 documents, recommended resources) from its documents only, with verifiable citations.
@@ -156,7 +158,7 @@ def build_mcp(
                 uri=f"kb://{s.path}",
                 name=s.path,
                 description=f"{s.source_type} source, {s.chunks} chunks",
-                mime_type=MIME.get(_suffix(s.path), "text/plain"),
+                mime_type=MIME,
             )
             for s in service_factory().status().sources
         ]
@@ -166,6 +168,7 @@ def build_mcp(
         name=NAME,
         title="kb: the team's knowledge base",
         instructions=INSTRUCTIONS,
+        version=_version(),
         log_level="WARNING",
         lifespan=lifespan,
     )
@@ -231,6 +234,7 @@ def build_mcp(
     @server.resource(
         "kb://{+path}",
         name="source",
+        mime_type=MIME,
         description="An indexed source of the workspace, by its workspace-relative path (the text kb "
         "indexed; for PDF, HTML and DOCX the extracted text).",
     )
@@ -246,6 +250,13 @@ def build_mcp(
     return server
 
 
+def _version() -> str:
+    try:
+        return version("kb")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0"
+
+
 def _tool(call: Callable[[], T]) -> T:
     """``call()``, its kb error turned into a tool error: the agent reads kb's one-line message."""
     try:
@@ -254,15 +265,8 @@ def _tool(call: Callable[[], T]) -> T:
         raise ToolError(str(exc)) from None
 
 
-def _suffix(path: str) -> str:
-    name = path.rsplit("/", 1)[-1]
-    return name[name.rfind(".") :].lower() if "." in name else ""
-
-
 def _persona_prompt(persona: Persona) -> Prompt:
     """A persona as an MCP prompt: its whole document, to adopt as a system prompt."""
-    from pathlib import Path
-
     text = Path(persona.path).read_text(encoding="utf-8") if persona.path else ""
     name = persona.name
 
