@@ -259,6 +259,8 @@ def test_token_on_a_non_loopback_bind(tmp_path: Path, caplog: pytest.LogCaptureF
             assert TOKEN not in r.text and "wrong-token" not in r.text
             r = httpx.post(f"{url}/v1/search", json={"query": "alpha"}, headers=headers)
             assert r.status_code == 401
+            rpc = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+            assert httpx.post(f"{url}/mcp/", json=rpc, headers=headers).status_code == 401
         good = {"Authorization": f"Bearer {TOKEN}"}
         assert httpx.get(f"{url}/v1/status", headers=good).status_code == 200
         r = httpx.post(f"{url}/v1/search", json={"query": "alpha"}, headers=good)

@@ -92,7 +92,7 @@ def wait(driver: Any, condition: Any, timeout: float = 120) -> Any:
     return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
 
 
-def ask(driver: Any, base: str, question: str) -> None:
+def ask(driver: Any, base: str, question: str, timeout: float = 120) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -217,11 +217,16 @@ def test_a_language_model_answer_streams_into_the_page(indexed: Path, tmp_path: 
     from selenium.webdriver.common.by import By
 
     with LlamaServer(tmp_path / "llama.log") as llm_url:
-        env = {"KB_LLM": "openai-compatible", "KB_LLM_BASE_URL": llm_url, "KB_LLM_MAX_TOKENS": "96"}
+        env = {
+            "KB_LLM": "openai-compatible",
+            "KB_LLM_BASE_URL": llm_url,
+            "KB_LLM_MAX_TOKENS": "48",
+            "KB_LLM_CONTEXT_WINDOW": "1024",  # a short prompt: the tiny model reads it in seconds
+        }
         proc, base = start_serve(indexed, tmp_path / "serve.log", env=env)
         driver = browser(tmp_path / "profile")
         try:
-            ask(driver, base, QUESTION)
+            ask(driver, base, QUESTION, timeout=600)
             timings = driver.execute_script("return window.kbTimings")
             state = driver.find_element(By.ID, "ask-state").text
             assert timings["drafts"] > 0, "the draft was shown while the model wrote it"

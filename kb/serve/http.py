@@ -216,6 +216,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class OneLine(logging.Filter):
+    """uvicorn's errors as one line each (e.g. a request cut short by Ctrl-C): no traceback in kb's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()}: {type(exc).__name__}: {exc}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class HttpServer:
     """uvicorn serving ``app`` on ``sock``: :meth:`run` blocks (on the main thread: until SIGINT/SIGTERM);
     :meth:`start`/:meth:`stop` run it on a thread (tests)."""
@@ -238,6 +249,9 @@ class HttpServer:
         )
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, OneLine) for f in uvicorn_log.filters):
+            uvicorn_log.addFilter(OneLine())
 
     @property
     def url(self) -> str:
