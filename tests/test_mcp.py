@@ -31,7 +31,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from kb import KnowledgeBase
-from kb.errors import AccessDeniedError, BadRequest, SourceNotFoundError
+from kb.errors import AccessDeniedError, BadRequest, KbError, SourceNotFoundError
 from kb.serve.client import connect
 from kb.serve.mcp import build_mcp, mcp_asgi_app
 from kb.serve.mcp_owner import OwnedIndex
@@ -280,6 +280,23 @@ def test_owned_index_follows_the_owner_and_takes_over_when_it_stops(tmp_path: Pa
     finally:
         owned.stop()
     assert connect(ws) is None
+
+
+def test_owned_index_says_why_it_cannot_watch(tmp_path: Path) -> None:
+    ws = copy_workspace(ROOT / "data", tmp_path / "ws")
+    writer = KnowledgeBase.open(ws, embedder=FakeEmbedder())
+
+    def open_index() -> Any:
+        kb = KnowledgeBase.open(ws, embedder=FakeEmbedder())
+        return kb.engine, kb.query
+
+    owned = OwnedIndex(writer.workspace, open_index)
+    with writer.engine.write_lock():  # another writer (a long kb index) holds the index
+        with pytest.raises(KbError, match=r"could not watch .*Another kb process .* is writing the index"):
+            owned.search("usage export", 3)
+    assert not owned.watching
+    owned.stop()
+    writer.close()
 
 
 # --- kb mcp, a real process ---------------------------------------------------------------------------------

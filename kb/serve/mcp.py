@@ -18,6 +18,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import quote
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -155,7 +156,7 @@ def build_mcp(
     def list_sources() -> list[MCPResource]:
         return [
             MCPResource(
-                uri=f"kb://{s.path}",
+                uri=f"kb://{quote(s.path, safe='/')}",  # a valid URI; the template decodes it
                 name=s.path,
                 description=f"{s.source_type} source, {s.chunks} chunks",
                 mime_type=MIME,

@@ -133,8 +133,7 @@ class OwnedIndex:
                 break
             log.info("kb mcp: nobody owns %s; starting a watcher here", self.workspace.root)
             self._start_watcher()
-        failure = self._failure
-        why = f": {failure}" if failure is not None and not isinstance(failure, IndexLockedError) else ""
+        why = f": {self._failure}" if self._failure is not None else ""
         raise KbError(
             f"kb mcp could not watch {self.workspace.root}{why}. Fix that (kb status, kb index), or start "
             "kb watch there; kb mcp uses it."
