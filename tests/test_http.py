@@ -247,6 +247,18 @@ def test_bind_beyond_loopback_needs_a_token(tmp_path: Path, caplog: pytest.LogCa
     assert short.returncode == 1 and "too short" in short.stderr and "abc" not in short.stderr
 
 
+def test_kb_serve_refuses_a_taken_port_and_a_second_owner(tmp_path: Path) -> None:
+    ws = small_workspace(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        r = run_kb("serve", "--workspace", ws, "--port", str(taken.getsockname()[1]))
+    assert r.returncode == 1 and "Cannot listen on" in r.stderr and "Traceback" not in r.stderr
+    with watcher_thread(ws):
+        r = run_kb("serve", "--workspace", ws, "--port", "0", "--no-resources")
+    assert r.returncode == 4 and "already running" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_token_on_a_non_loopback_bind(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Bound to 0.0.0.0 (reached here over loopback only) with a token: every API call needs it."""
     caplog.set_level(logging.DEBUG)

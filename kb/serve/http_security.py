@@ -243,6 +243,15 @@ class SecurityMiddleware:
             return 414, "BadRequest", "The URL is too long.", []
         if not path.startswith(PROTECTED) or path.startswith("/v1/openapi.json"):
             return None
+        client = (scope.get("client") or ("?", 0))[0]
+        wait = policy.allow(client)
+        if wait > 0:
+            return (
+                429,
+                "KbError",
+                f"Too many requests from {client}; try again in {wait:.1f} s.",
+                [(b"retry-after", str(max(1, math.ceil(wait))).encode())],
+            )
         if self.token is not None:
             given = headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
@@ -254,15 +263,6 @@ class SecurityMiddleware:
                     "(kb CLI: set KB_SERVE_TOKEN).",
                     [(b"www-authenticate", b"Bearer")],
                 )
-        client = (scope.get("client") or ("?", 0))[0]
-        wait = policy.allow(client)
-        if wait > 0:
-            return (
-                429,
-                "KbError",
-                f"Too many requests from {client}; try again in {wait:.1f} s.",
-                [(b"retry-after", str(max(1, math.ceil(wait))).encode())],
-            )
         return None
 
     async def buffered(
