@@ -149,7 +149,8 @@ function renderAnswer(answer) {
   const body = $("answer-body");
   clear(body);
   let list = null;
-  for (const raw of answer.answer.split("\n")) {
+  if (answer.abstained) body.append(el("p", {}, answer.answer));
+  for (const raw of answer.abstained ? [] : answer.answer.split("\n")) {
     const line = raw.trim();
     if (!line) { list = null; continue; }
     const heading = /^\*\*(.+?)\*\*(.*)$/.exec(line);
