@@ -227,7 +227,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         load = Load(base, args.clients, args.ask_every)
         started = time.perf_counter()
         load.start()
-        time.sleep(min(5.0, args.seconds / 4))  # the load is on before the first edit
+        time.sleep(warm := min(15.0, args.seconds / 4))  # the load is steady before the first edit
         fresh = freshness(base, ws, args.edits, random.Random(11))
         time.sleep(max(0.0, args.seconds - (time.perf_counter() - started)))
         load.finish()
@@ -242,6 +242,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         errors=len(load.errors),
         error_samples=load.errors[:10],
         load_seconds=round(elapsed, 1),
+        warm_up_s=warm,
         requests_per_s=round(requests / elapsed, 1),
         search={
             "n": len(load.lat["search"]),

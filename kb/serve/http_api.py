@@ -9,8 +9,11 @@ events carry a language model's text as it is written (made safe to show, like t
 ``event: answer`` carries the verified answer (or ``event: error``). An invalid request is refused with a
 plain JSON error before any stream starts.
 
-The work itself runs in worker threads (at most :data:`WORKERS` at once), each with a deadline
-(:data:`DEADLINES`): a request past it gets a 504 while the event loop keeps serving everyone else.
+The work itself runs in worker threads, each request with a deadline (:data:`DEADLINES`): a request past it
+gets a 504 while the event loop keeps serving everyone else. Queries (search, ask, status, sources) are
+answered one at a time by the index's owner; up to :data:`QUERY_WORKERS` wait for it in threads (the next
+one starts the moment the owner is free: handing each over through the event loop measured slower under
+load), the rest queue. ``index``, personas and the resource listing have workers of their own.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from kb.service import Service
 
 log = logging.getLogger(__name__)
 
-WORKERS = 16
+QUERY_WORKERS = 16
+OTHER_WORKERS = 4
 DEADLINES = {"search": 60.0, "ask": 300.0, "status": 30.0, "index": 1800.0, "default": 30.0}
 STATUS = {  # kb error class -> HTTP status; anything else 500
     errors.BadRequest: 400,
@@ -82,12 +86,12 @@ class Api:
         service: Service,
         *,
         resources: Callable[[], list[ResourceInfo]] | None = None,
-        workers: int = WORKERS,
     ):
         self.service = service
         self.tools = Tools(service, service.workspace)
         self.resources_of = resources
-        self.limiter = anyio.CapacityLimiter(workers)
+        self.queries = anyio.CapacityLimiter(QUERY_WORKERS)
+        self.others = anyio.CapacityLimiter(OTHER_WORKERS)
 
     def routes(self) -> list[Route]:
         return [
@@ -103,9 +107,10 @@ class Api:
 
     async def run(self, verb: str, work: Callable[[], Any]) -> Response:
         """``work()`` in a worker thread within its deadline, as a JSON response (or the JSON error)."""
+        limiter = self.others if verb in ("index", "resources", "personas") else self.queries
         try:
             with anyio.fail_after(DEADLINES.get(verb, DEADLINES["default"])):
-                result = await anyio.to_thread.run_sync(work, limiter=self.limiter, abandon_on_cancel=True)
+                result = await anyio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
         except Exception as exc:
             return error_response(exc)
         return JSONResponse(result)
@@ -188,7 +193,7 @@ class Api:
         async def runner() -> None:
             try:
                 with anyio.fail_after(DEADLINES["ask"]):
-                    await anyio.to_thread.run_sync(work, limiter=self.limiter, abandon_on_cancel=True)
+                    await anyio.to_thread.run_sync(work, limiter=self.queries, abandon_on_cancel=True)
             except Exception as exc:  # the deadline: the stream ends with an error event
                 queue.put_nowait(("error", exc))
 
