@@ -302,19 +302,21 @@ def serve(
     """Watch the index and serve it over HTTP until SIGINT/SIGTERM (see the module docstring)."""
     check_bind(options.host, options.token)
     sock = bind(options.host, options.port)
-    watcher = Watcher(engine, query, **options.watch)
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _interrupt) if main else None  # SIGTERM while starting: clean up
     stop, failure = threading.Event(), []
-
-    def watch() -> None:
-        try:
-            watcher.run(stop)
-        except BaseException as exc:  # reported on the main thread
-            failure.append(exc)
-
-    thread = threading.Thread(target=watch, name="kb-watcher", daemon=True)
-    thread.start()
-    server: HttpServer | None = None
+    thread: threading.Thread | None = None
     try:
+        watcher = Watcher(engine, query, **options.watch)
+
+        def watch() -> None:
+            try:
+                watcher.run(stop)
+            except BaseException as exc:  # reported on the main thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=watch, name="kb-watcher", daemon=True)
+        thread.start()
         while not watcher.ready.wait(0.1):
             if failure:
                 raise failure[0]
@@ -340,18 +342,26 @@ def serve(
         if refresher is not None:
             refresher.stop()
         stop.set()
-        thread.join(120)
+        if thread is not None:
+            thread.join(120)
         sock.close()
         engine.close()
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
     if failure:
         raise failure[0]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def mcp_endpoint(
     service: Service, options: ServeOptions, port: int
 ) -> tuple[ASGIApp, Callable[[], contextlib.AbstractAsyncContextManager[Any]]]:
-    """Part A's MCP server over ``service`` as ``(app, lifespan)`` for ``/mcp``. The SDK checks Host and
-    Origin again (after :class:`SecurityMiddleware`): it is told the names this server answers to."""
+    """``kb mcp``'s server (:mod:`kb.serve.mcp`) over ``service`` as ``(app, lifespan)`` for ``/mcp``. The SDK
+    checks Host and Origin again (after :class:`SecurityMiddleware`): it is told the names this server answers
+    to."""
     from kb.serve.mcp import build_mcp, mcp_asgi_app  # the MCP SDK: only when MCP is served
 
     names = ["127.0.0.1", "localhost", "[::1]", *(h.lower() for h in options.allow_hosts)]
