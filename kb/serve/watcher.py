@@ -185,7 +185,7 @@ class Watcher:
         )
         self.reader = self.query.over(reader)
         if self.serve:
-            self._server = WatchServer(socket_path(self.engine.workspace.state_dir), self._dispatch)
+            self._server = WatchServer(socket_path(self.engine.workspace.state_dir), self.dispatch)
             self._server.start()
         log.info(
             "kb watch (pid %d) watching %s; serving other processes on %s",
@@ -324,7 +324,7 @@ class Watcher:
             self._targeted(dirty, set(), "reconcile")
 
     # --- requests from other processes --------------------------------------------------------------------
-    def _dispatch(self, method: str, params: dict[str, Any]) -> Any:
+    def dispatch(self, method: str, params: dict[str, Any]) -> Any:
         self.served += 1
         if method == "ping":
             return {"pid": os.getpid(), "workspace": str(self.root)}
