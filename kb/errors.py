@@ -12,6 +12,8 @@
     ├── IndexCorruptError        the index cannot be read and was not repaired
     ├── StorageError             the file system failed: disk full, read-only, I/O error, a folder gone
     ├── DatasetError             an evaluation dataset or question file that cannot be read
+    ├── SourceNotFoundError      a path that is not an indexed source (read_source, ``kb://`` resources)
+    ├── AccessDeniedError        a path kb will never serve: outside the workspace, ``..``, a secret file
     └── BadRequest               a request to a kb server that is malformed (exit 2)
 
 Every class crosses kb's local socket as itself (:mod:`kb.serve.client` rebuilds it by name from this module).
@@ -70,6 +72,14 @@ class IndexCorruptError(KbError):
 
 class DatasetError(KbError):
     """A dataset folder or question file that cannot be read."""
+
+
+class SourceNotFoundError(KbError):
+    """A path asked for that is not an indexed source of the workspace (or is gone from disk)."""
+
+
+class AccessDeniedError(KbError):
+    """A path kb refuses to read: absolute, with ``..``, resolving outside the workspace, or secret-named."""
 
 
 class BadRequest(KbError):

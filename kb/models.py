@@ -129,6 +129,7 @@ class Answer(_Dict):
         return {
             "question": self.question,
             "persona": self.persona,
+            "persona_title": self.persona_title,
             "answer": self.answer,
             "abstained": self.abstained,
             "backend": self.backend,

@@ -321,14 +321,28 @@ def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: 
             raise PermissionError(13, "Permission denied")
         return real_read(cand, max_bytes)
 
+    reports: list[Any] = []  # every run's report, appended once the run has committed
+    recorded_run = kb.index.indexer.Indexer.run
+
+    def recording(self: Any, *a: Any, **k: Any) -> Any:
+        report = recorded_run(self, *a, **k)
+        reports.append(report)
+        return report
+
+    def refused(path: str) -> bool:  # a run ended in which reading ``path`` was refused
+        return any(
+            (s.path, s.reason) == (path, "cannot read: Permission denied") for r in reports for s in r.skipped
+        )
+
     monkeypatch.setattr(kb.index.indexer, "read_candidate", read)
+    monkeypatch.setattr(kb.index.indexer.Indexer, "run", recording)
     with watcher_thread(ws) as (w, _, _):
         before = view(ws)[0]["projects/prds/doc1.md"]
         denied.add("projects/prds/doc1.md")
         (ws / "projects/prds/doc1.md").write_text("# Doc 1\n\nNew text nobody may read yet.\n")
-        wait_for(lambda: w.reindexes or w.pending == 0, 10)
-        time.sleep(0.5)
+        wait_for(lambda: refused("projects/prds/doc1.md"), 10)  # the denied read happened, its run ended
         assert view(ws)[0]["projects/prds/doc1.md"] == before  # kept, not dropped
+        assert "projects/prds/doc1.md" not in reports[-1].removed
         denied.clear()
         os.utime(ws / "projects/prds/doc1.md")
         settle(ws, tmp_path / "scratch")

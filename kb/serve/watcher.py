@@ -1,19 +1,18 @@
 """``kb watch``: keep the index equal to the files, and serve other processes meanwhile.
 
-The only module that imports watchdog. The design, in the order things can go wrong:
+File-system events come from :mod:`kb.serve.events` (the only watchdog import). The design:
 
 * **Disk is the truth.** Events only mark paths (or folders) dirty; after a quiet ``debounce`` (at most
   ``max_delay`` into a burst) the dirty paths are re-read from disk by the same indexer as ``kb index``,
-  restricted to them (``Indexer.run(scope=...)``): one transaction, only changed chunks embedded, renames
+  restricted to them (``IndexEngine.index(scope=...)``): one transaction, changed chunks embedded, renames
   and moves re-pathed with cached vectors. Duplicate, out-of-order or half-understood events (atomic saves,
   moves in and out of the tree, folder renames) cannot make it wrong: whatever happened, the path's current
   state is what gets indexed.
 * **Never wrong for long.** On start, a full reconcile (``kb index``). An inotify queue overflow (watchdog
   only logs it) triggers a full rescan; a watch-limit error falls back to polling with a warning; every
   ``reconcile_every`` seconds a stat-only comparison of the tree with the manifest catches anything missed.
-* **One owner.** The watcher holds the index's write lock for its lifetime and serves
-  search/ask/status/index to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb
-  status`` shows it.
+* **One owner.** The watcher holds the index's write lock for its lifetime and serves search/ask/status/index
+  to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb status`` shows it.
 * **Stops cleanly.** SIGINT/SIGTERM finish the run in progress and stop; SIGKILL loses only pending work,
   which the next start reconciles. A workspace or index folder moved or deleted stops it with a clear
   message."""
@@ -186,7 +185,7 @@ class Watcher:
         )
         self.reader = self.query.over(reader)
         if self.serve:
-            self._server = WatchServer(socket_path(self.engine.workspace.state_dir), self._dispatch)
+            self._server = WatchServer(socket_path(self.engine.workspace.state_dir), self.dispatch)
             self._server.start()
         log.info(
             "kb watch (pid %d) watching %s; serving other processes on %s",
@@ -325,7 +324,7 @@ class Watcher:
             self._targeted(dirty, set(), "reconcile")
 
     # --- requests from other processes --------------------------------------------------------------------
-    def _dispatch(self, method: str, params: dict[str, Any]) -> Any:
+    def dispatch(self, method: str, params: dict[str, Any]) -> Any:
         self.served += 1
         if method == "ping":
             return {"pid": os.getpid(), "workspace": str(self.root)}
