@@ -128,7 +128,6 @@ def split_block(
     """Split lines ``first..last`` (an oversized block) into spans of at most ``budget`` tokens: by lines,
     then (a line that is too long) by sentences, then words. ``quoted``: leading ``>`` markers are structure
     (not in code blocks)."""
-
     search, quote = _ALNUM.search, _QUOTE.match
     fine: list[list[Any]] = []  # [span, size] of each line (runs of lines without text merged), in order
     pending: list[int] = []  # indexes in `fine` of lines with text, counted COUNT_BATCH at a time
@@ -166,9 +165,10 @@ def split_block(
         run_size = -1
     count_pending()
     units: list[tuple[Span, int]] = []
-    for (ln, col, _, end), t in fine:
+    for span, t in fine:
+        ln, col = span[0], span[1]
         if t <= budget:
-            units.append(((ln, col, _, end), t))
+            units.append((span, t))
         else:
             parts = split_line(lines[ln], count_tokens, budget, col)
             units.extend(((ln, a, ln, b), budget) for a, b in parts)
