@@ -6,6 +6,10 @@ in a background thread for as long as it runs, serving the watcher's socket too,
 route to it. Either way a request is answered over that socket, on a fresh connection, by an owner whose
 start-up reconcile is done: an agent never reads a stale index. If the other owner stops, the next request
 starts a watcher here; if another process wins that race, its watcher answers.
+
+A thread, not a child ``kb watch`` process: on two shared cores a child (started before the MCP SDK import, to
+overlap the two start-ups) made the first answer slower, 19.6 s against 14.3 s median under load 14 (the
+start-ups are CPU-bound, the extra interpreter is extra work); it also stops with this process, by design.
 """
 
 from __future__ import annotations
