@@ -137,7 +137,7 @@ def main() -> int:
         os.environ.update(KB_MODEL_CACHE_DIR=str(model_cache))
         ws = tmp / "ws"
         shutil.copytree(PROJECT / "data", ws, ignore=shutil.ignore_patterns(".kb"))
-        say(f"indexing {ws} (the one-time ONNX export included)")
+        say(f"indexing {ws}" + ("" if args.model_cache else " (the one-time ONNX export included)"))
         r = run_kb("index", "--workspace", ws, "--json", env=env, timeout=1800)
         if r.returncode != 0:
             raise RuntimeError(f"kb index failed: {r.stderr}")

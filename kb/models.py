@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -24,9 +25,15 @@ class _Dict:
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """Rebuild from ``dataclasses.asdict`` output (how kb.serve.client carries results from ``kb
         watch``)."""
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)  # type: ignore[arg-type]  # a class is hashable; mypy cannot see it for Self
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         return cls(**{n: _revive(hints[n], data[n]) for n in names if n in data})
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved field types (resolving them evaluates every annotation: done once per class)."""
+    return typing.get_type_hints(cls)
 
 
 def _revive(tp: Any, value: Any) -> Any:

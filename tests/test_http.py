@@ -24,6 +24,7 @@ import pytest
 
 from kb.models import ResourceInfo
 from kb.serve.http import READY, HttpServer, ServeOptions, bind, build_app, check_bind, mcp_endpoint
+from kb.serve.http_api import DEADLINES
 from kb.serve.http_owner import OwnerService
 from kb.serve.http_security import Policy
 from kb.serve.refresh import ResourceRefresher
@@ -345,6 +346,10 @@ def test_a_slow_answer_on_a_kept_alive_connection_is_not_cut(
             assert http.get("/v1/status").status_code == 200
             time.sleep(1.5)  # the connection idles past the head timeout (not the keep-alive one), then
             assert http.post("/v1/search", json={"query": "alpha"}).status_code == 200
+        monkeypatch.setitem(DEADLINES, "search", 1.0)  # but a request past its deadline gets a 504
+        late = http.post("/v1/search", json={"query": "alpha"})
+        assert late.status_code == 504 and "in time" in late.json()["error"]["message"]
+        assert http.get("/v1/status").status_code == 200
 
 
 # --- the remote CLI -----------------------------------------------------------------------------------------
@@ -361,6 +366,8 @@ def test_remote_cli_same_output_and_exit_codes(tmp_path: Path) -> None:
         a = run_kb("ask", "Who owns billing?", "--json", env=env, cwd=tmp_path)
         assert a.returncode in (0, 3), a.stderr
         assert json.loads(a.stdout) == service.ask("Who owns billing?", persona="auto").to_dict()
+        indexed = run_kb("index", "--json", env=env, cwd=tmp_path)
+        assert indexed.returncode == 0 and json.loads(indexed.stdout)["chunks_total"] > 0, indexed.stderr
         st = run_kb("status", "--json", env=env, cwd=tmp_path)
         assert json.loads(st.stdout)["workspace"] == str(ws) and json.loads(st.stdout)["watcher"]["running"]
         abstain = run_kb("ask", "zzzz qqqq xxxx", env=env, cwd=tmp_path)

@@ -34,7 +34,7 @@ from kb import KnowledgeBase
 from kb.errors import AccessDeniedError, BadRequest, KbError, SourceNotFoundError
 from kb.serve.client import connect
 from kb.serve.mcp import build_mcp, mcp_asgi_app
-from kb.serve.mcp_owner import ORPHAN_GUARD, OwnedIndex
+from kb.serve.mcp_owner import OwnedIndex
 from kb.serve.tools import MAX_LINES, Tools
 from kb.testing import FakeEmbedder, copy_workspace, free_port, verify_citation, wait_for, watcher_thread
 
@@ -260,32 +260,20 @@ def test_mcp_over_streamable_http_mounted_in_a_starlette_app(fake_kb: KnowledgeB
         thread.join(30)
 
 
-# kb watch with the fake embedder, as kb mcp's child (orphan guard included), failing as the CLI does.
-FAKE_WATCH = (
-    ORPHAN_GUARD
-    + """
-from kb import KnowledgeBase
-from kb.cli.watch_render import log_to_stderr
-from kb.errors import KbError
-from kb.testing import FakeEmbedder
-log_to_stderr()
-try:
-    KnowledgeBase.open(sys.argv[1], embedder=FakeEmbedder()).watch(reconcile_every=3600.0)
-except KbError as exc:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(exc.exit_code)
-"""
-)
+def fake_index(ws: Path) -> Any:
+    """``OpenIndex`` for :class:`OwnedIndex`: the workspace's engine and query with the FakeEmbedder."""
 
+    def open_index() -> Any:
+        kb = KnowledgeBase.open(ws, embedder=FakeEmbedder())
+        return kb.engine, kb.query
 
-def fake_watch(ws: Path) -> list[str]:
-    return [sys.executable, "-c", FAKE_WATCH, str(ws)]
+    return open_index
 
 
 def test_owned_index_follows_the_owner_and_takes_over_when_it_stops(tmp_path: Path) -> None:
     ws = copy_workspace(ROOT / "data", tmp_path / "ws")
     with watcher_thread(ws) as (w, _, _):
-        owned = OwnedIndex(w.engine.workspace, fake_watch(ws))
+        owned = OwnedIndex(w.engine.workspace, fake_index(ws), reconcile_every=3600.0)
         owned.start()
         assert owned.search("usage export", 3) and not owned.watching  # a client of the running owner
     try:  # the owner stopped: the next request starts a watcher here, fresh and serving its socket
@@ -293,7 +281,7 @@ def test_owned_index_follows_the_owner_and_takes_over_when_it_stops(tmp_path: Pa
         hits = owned.search("zanzibar rollout", 3, mode="bm25")
         assert hits and hits[0].path == "projects/prds/new.md"
         watcher = owned.status().watcher
-        assert owned.watching and watcher and watcher.running and watcher.pid == owned.pid
+        assert owned.watching and watcher and watcher.running and watcher.pid == os.getpid()
     finally:
         owned.stop()
     assert not owned.watching and connect(ws) is None
@@ -302,7 +290,7 @@ def test_owned_index_follows_the_owner_and_takes_over_when_it_stops(tmp_path: Pa
 def test_owned_index_says_why_it_cannot_watch(tmp_path: Path) -> None:
     ws = copy_workspace(ROOT / "data", tmp_path / "ws")
     with KnowledgeBase.open(ws, embedder=FakeEmbedder()) as writer:
-        owned = OwnedIndex(writer.workspace, fake_watch(ws))
+        owned = OwnedIndex(writer.workspace, fake_index(ws))
         with writer.engine.write_lock():  # another writer (a long kb index) holds the index
             with pytest.raises(
                 KbError, match=r"could not watch .*Another kb process .* is writing the index"
@@ -310,37 +298,6 @@ def test_owned_index_says_why_it_cannot_watch(tmp_path: Path) -> None:
                 owned.search("usage export", 3)
         assert not owned.watching
         owned.stop()
-
-
-PARENT = """
-import sys, time
-from kb.serve.mcp_owner import OwnedIndex
-from kb.workspace import find_workspace
-owned = OwnedIndex(find_workspace(sys.argv[1]), [sys.executable, "-c", sys.argv[2], sys.argv[1]])
-owned.start()
-owned.status()  # answered once the watcher is ready
-print(owned.pid, flush=True)
-time.sleep(600)
-"""
-
-
-def test_a_watcher_started_here_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
-    ws = copy_workspace(ROOT / "data", tmp_path / "ws")
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(ws), FAKE_WATCH],
-        stdout=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert parent.stdout
-    watcher_pid = int(parent.stdout.readline())
-    remote = connect(ws)
-    assert remote is not None and remote.pid == watcher_pid
-    remote.close()
-    parent.kill()  # SIGKILL: no clean-up in the parent; the kernel closes the watcher's stdin
-    parent.wait(30)
-    wait_for(lambda: connect(ws) is None, 60)
-    watch = json.loads((ws / ".workos/.kb/watch.json").read_text())
-    assert watch["pid"] == watcher_pid and watch["running"] is False  # it stopped cleanly, not killed
 
 
 # --- kb mcp, a real process ---------------------------------------------------------------------------------
@@ -435,21 +392,18 @@ def test_kb_mcp_stops_at_once_on_sigterm_with_stdin_still_open(tmp_path: Path) -
 @pytest.mark.slow
 def test_kb_mcp_runs_its_own_watcher_and_stops_it(indexed: Path, tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
-    child = start_kb_mcp(indexed, log)  # nobody owns the index: kb mcp starts a kb watch of its own
-    wait_for(lambda: "ready: watching" in log.read_text(), 180)  # its log comes through kb mcp's stderr
+    child = start_kb_mcp(indexed, log)  # nobody owns the index: kb mcp watches it itself
+    wait_for(lambda: "ready: watching" in log.read_text(), 180)
     remote = connect(indexed)
-    assert remote is not None  # ... which serves other kb commands too
-    watcher_pid = remote.pid
+    assert remote is not None and remote.pid == child.pid  # ... and serves other kb commands too
     remote.close()
-    parent = Path(f"/proc/{watcher_pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-    assert int(parent) == child.pid
     child.send_signal(signal.SIGTERM)
     code = child.wait(timeout=150)
     child.communicate()
     assert code == 128 + signal.SIGTERM, log.read_text()[-2000:]
     assert connect(indexed) is None
     watch = json.loads((indexed / ".workos/.kb/watch.json").read_text())
-    assert watch["running"] is False and watch["pid"] == watcher_pid  # stopped cleanly, before kb mcp
+    assert watch["running"] is False and watch["pid"] == child.pid  # the watcher stopped cleanly first
 
 
 def readme_server() -> dict[str, Any]:

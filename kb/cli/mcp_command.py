@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kb.cli.options import WorkspaceOpt
+from kb.cli.options import WorkspaceOpt, library
+
+if TYPE_CHECKING:
+    from kb.answer.query import Query
+    from kb.index.engine import IndexEngine
 
 
 def mcp(
@@ -19,27 +25,40 @@ def mcp(
         float, typer.Option(min=0.0, max=60.0, help="Seconds of quiet before changes are indexed.")
     ] = 0.1,
     poll: Annotated[bool, typer.Option("--poll", help="Poll instead of inotify.")] = False,
-    resources: Annotated[
-        bool, typer.Option("--resources/--no-resources", help="Re-check stale recommended resources.")
-    ] = True,
 ) -> None:
     """Serve the workspace to AI agents (Claude Code, Cursor, ...) over MCP on stdin/stdout until stdin
     closes: tools search, ask, read_source, status and personas; personas as prompts; sources as kb://
     resources. An agent launches it itself (see README, Agents); logs go to stderr, never stdout.
 
-    Fresh: when kb watch or kb serve owns the workspace, kb mcp is its client; otherwise it runs a kb watch of
-    its own while it runs (other kb commands route to it; the options above are that watcher's).
+    Fresh: when kb watch or kb serve owns the workspace, kb mcp is its client; otherwise it watches the
+    workspace itself while it runs (other kb commands then route to it).
 
     Example: kb mcp --workspace ./acme
     """
+    import anyio
+
     from kb.cli.watch_render import log_to_stderr
-    from kb.serve.mcp_owner import OwnedIndex, watch_command
+    from kb.serve.mcp import build_mcp, run_stdio
+    from kb.serve.mcp_owner import OwnedIndex
     from kb.workspace import find_workspace
 
     log_to_stderr()
     ws = find_workspace(workspace)
-    owned = OwnedIndex(ws, watch_command(ws, debounce=debounce, polling=poll, resources=resources))
-    owned.start()  # first: the watcher opens the index while this process loads the MCP SDK
+
+    def open_index() -> tuple[IndexEngine, Query]:
+        kb = library(str(ws.root))
+        return kb.engine, kb.query
+
+    owned = OwnedIndex(ws, open_index, debounce=debounce, polling=poll)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(server: Any) -> AsyncIterator[None]:
+        owned.start()  # here, not earlier: stdout is the protocol's from now on, stray prints go to stderr
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(owned.stop)
 
     def on_signal(signum: int, frame: Any) -> None:
         # The protocol's stdin reader is a thread blocked in read(): an interrupted event loop would wait for
@@ -50,9 +69,4 @@ def mcp(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    try:
-        from kb.serve.mcp import build_mcp, run_stdio
-
-        run_stdio(build_mcp(lambda: owned, ws))
-    finally:
-        owned.stop()
+    run_stdio(build_mcp(lambda: owned, ws, lifespan=lifespan))

@@ -1,79 +1,46 @@
 """Freshness for ``kb mcp``: every request goes to the process that owns the workspace's index.
 
 When a ``kb watch`` or ``kb serve`` owns the workspace, ``kb mcp`` is its client (one owner of the index,
-which keeps it equal to the files). Otherwise ``kb mcp`` starts a ``kb watch`` of its own, as a child
-process tied to it: the child serves the watcher's socket (so other ``kb`` commands route to it too), its log
-lines go to ``kb mcp``'s stderr, and it stops when ``kb mcp`` stops — or dies: it reads the pipe ``kb mcp``
-holds open on its stdin and stops cleanly when that closes. A child rather than a thread because the two
-start-ups then run in parallel: ``kb mcp`` imports the MCP SDK while the child opens the index and loads the
-model (a thread would share one interpreter lock), which cuts the time to the first answer by about 40 % on
-two cores.
+which keeps it equal to the files). Otherwise ``kb mcp`` runs a :class:`kb.serve.watcher.Watcher` of its own
+in a background thread for as long as it runs, serving the watcher's socket too, so other ``kb`` commands
+route to it. Either way a request is answered over that socket, on a fresh connection, by an owner whose
+start-up reconcile is done: an agent never reads a stale index. If the other owner stops, the next request
+starts a watcher here; if another process wins that race, its watcher answers.
 
-Either way a request is answered over the owner's socket, on a fresh connection, once the owner's start-up
-reconcile is done: an agent never reads a stale index. If the other owner stops, the next request starts a
-watcher here; if another process wins that race, its watcher answers.
+A thread, not a child ``kb watch`` process: on two shared cores a child (started before the MCP SDK import, to
+overlap the two start-ups) made the first answer slower, 19.6 s against 14.3 s median under load 14 (the
+start-ups are CPU-bound, the extra interpreter is extra work); it also stops with this process, by design.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from kb.errors import KbError
+from kb.errors import IndexLockedError, KbError
 from kb.models import Answer, Hit, IndexReport, OnToken, Progress, Status
 from kb.serve.client import Remote, connect
 from kb.workspace import Workspace
+
+if TYPE_CHECKING:
+    from kb.answer.query import Query
+    from kb.index.engine import IndexEngine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 READY_TIMEOUT = 120.0  # seconds a request waits for the first reconcile of a watcher started here
-READY = "ready: watching"  # what kb watch logs once its start-up reconcile is done (README, Watching)
-
-# The child's first lines: stop cleanly (SIGTERM, as Ctrl-C) when the parent's end of stdin closes, i.e. when
-# kb mcp exits or is killed; then run what follows (by default, the kb command line).
-ORPHAN_GUARD = """
-import os, signal, sys, threading
-def _parent_gone():
-    while sys.stdin.buffer.read(65536):
-        pass
-    os.kill(os.getpid(), signal.SIGTERM)
-threading.Thread(target=_parent_gone, daemon=True).start()
-"""
-KB_WATCH = ORPHAN_GUARD + "from kb.cli import main\nsys.argv[0] = 'kb'\nmain()\n"
-
-
-def watch_command(
-    workspace: Workspace, *, debounce: float = 0.1, polling: bool = False, resources: bool = True
-) -> list[str]:
-    """``kb watch`` for ``workspace`` as a child of this process (see :data:`ORPHAN_GUARD`)."""
-    return [
-        sys.executable,
-        "-c",
-        KB_WATCH,
-        "watch",
-        "--workspace",
-        str(workspace.root),
-        "--debounce",
-        f"{debounce:g}",
-        *(["--poll"] if polling else []),
-        *([] if resources else ["--no-resources"]),
-    ]
+OpenIndex = Callable[[], "tuple[IndexEngine, Query]"]
 
 
 class OwnedIndex:
     """A :class:`kb.service.Service` whose verbs go to the owner of ``workspace``'s index (see module doc).
 
-    ``command`` starts the watcher child (default :func:`watch_command`); it must log :data:`READY` on stderr
-    once it serves, and stop on SIGTERM.
+    ``open_index`` opens the index in this process (``(engine, query)``) when a watcher must be started here;
+    ``watch_options`` go to :class:`kb.serve.watcher.Watcher`.
     """
 
     streams_tokens = False  # answers come over the owner's socket: verified, not streamed
@@ -81,80 +48,76 @@ class OwnedIndex:
     def __init__(
         self,
         workspace: Workspace,
-        command: Sequence[str] | None = None,
+        open_index: OpenIndex,
         *,
         ready_timeout: float = READY_TIMEOUT,
+        **watch_options: Any,
     ):
         self.workspace = workspace
-        self.command = list(command) if command is not None else watch_command(workspace)
+        self.open_index = open_index
         self.ready_timeout = ready_timeout
+        self.watch_options = watch_options
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._child: subprocess.Popen[bytes] | None = None
-        self._relay: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._failure: str | None = None
+        self._failure: BaseException | None = None
         self._started_at = 0.0
 
     # --- the owner ----------------------------------------------------------------------------------------
     @property
     def watching(self) -> bool:
-        """Whether a watcher started here is running (else this is the client of another owner)."""
-        return self._child is not None and self._child.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The pid of the watcher started here, while it runs."""
-        return self._child.pid if self._child is not None and self.watching else None
+        """Whether this process runs the workspace's watcher (else it is the client of another owner)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         """Start a watcher here unless another process owns the index (called once, at start-up)."""
         owner = connect(self.workspace)
         if owner is not None:
-            log.info("kb mcp: the kb process %d that owns %s answers", owner.pid, self.workspace.root)
+            log.info("kb mcp: using the kb process %d that owns %s", owner.pid, self.workspace.root)
             owner.close()
             return
         self._start_watcher()
 
     def _start_watcher(self) -> None:
         with self._lock:
-            if self.watching or self._stopping.is_set():
+            if self._thread is not None and self._thread.is_alive():
                 return
+            self._stop.clear()
             self._ready.clear()
             self._failure = None
             self._started_at = time.monotonic()
-            self._child = child = subprocess.Popen(
-                self.command,
-                stdin=subprocess.PIPE,
-                stdout=2,
-                stderr=subprocess.PIPE,  # its stdout: our stderr
-            )
-            self._relay = threading.Thread(
-                target=self._follow, args=(child,), name="kb-mcp-watcher-log", daemon=True
-            )
-            self._relay.start()
-            log.info("kb mcp: started a watcher of %s (pid %d)", self.workspace.root, child.pid)
+            self._thread = threading.Thread(target=self._watch, name="kb-mcp-watcher", daemon=True)
+            self._thread.start()
 
-    def _follow(self, child: subprocess.Popen[bytes]) -> None:
-        """Relay the child's log to stderr, noting when it is ready, and why it stopped."""
-        assert child.stderr is not None
-        error = ""
-        for raw in child.stderr:
-            with contextlib.suppress(OSError):
-                os.write(2, raw)
-            line = raw.decode("utf-8", "replace").strip()
-            if READY in line:
-                self._ready.set()
-            elif line.startswith("error:"):  # kb's one line saying what went wrong
-                error = line.removeprefix("error:").strip()
-        code = child.wait()
-        if not self._stopping.is_set():
-            self._failure = f"its watcher stopped ({error or f'exit code {code}'})"
-        self._ready.set()  # wake the waiters: they see the failure, or reach the next owner
+    def _watch(self) -> None:
+        engine = None
+        try:
+            from kb.serve.watcher import Watcher  # the index stack: only when this process owns the index
+
+            engine, query = self.open_index()
+            watcher = Watcher(engine, query, **self.watch_options)
+            threading.Thread(target=self._signal_ready, args=(watcher,), daemon=True).start()
+            watcher.run(self._stop)
+        except BaseException as exc:  # reported to the requests waiting for it
+            self._failure = exc
+            if not isinstance(exc, IndexLockedError):
+                log.error("kb mcp: the watcher stopped: %s", exc, exc_info=not isinstance(exc, KbError))
+        finally:
+            self._ready.set()  # wake the waiters: they see the failure, or reach the next owner
+            if engine is not None:
+                engine.close()
+
+    def _signal_ready(self, watcher: Any) -> None:
+        while not self._stop.is_set() and not watcher.ready.wait(0.05):
+            if self._thread is None or not self._thread.is_alive():
+                return
+        self._ready.set()
 
     def _wait_starting(self) -> None:
         """Block while a watcher started here is still on its first reconcile (its answers would be stale)."""
-        if not self.watching:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
             return
         if not self._ready.wait(self.ready_timeout):
             waited = time.monotonic() - self._started_at
@@ -170,13 +133,11 @@ class OwnedIndex:
             owner = connect(self.workspace)
             if owner is not None:
                 return owner
-            if self._stopping.is_set() or attempt:
+            if self._stop.is_set() or attempt:
                 break
-            log.info("kb mcp: nobody owns %s; starting a watcher", self.workspace.root)
+            log.info("kb mcp: nobody owns %s; starting a watcher here", self.workspace.root)
             self._start_watcher()
-            if self._relay is not None:  # the child's exit is known once its log ends
-                self._ready.wait(self.ready_timeout)
-        why = f": {self._failure}" if self._failure else ""
+        why = f": {self._failure}" if self._failure is not None else ""
         raise KbError(
             f"kb mcp could not watch {self.workspace.root}{why}. Fix that (kb status, kb index), or start "
             "kb watch there; kb mcp uses it."
@@ -186,26 +147,12 @@ class OwnedIndex:
         with self._owner() as owner:
             return verb(owner)
 
-    def stop(self, timeout: float = 130.0) -> None:
-        """Stop the watcher started here, if any: its run in progress finishes, the index stays whole."""
-        self._stopping.set()
-        child = self._child
-        if child is None:
-            return
-        if child.poll() is None:
-            with contextlib.suppress(OSError):
-                child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("kb mcp: the watcher (pid %d) did not stop in %.0f s; killing it", child.pid, timeout)
-            child.kill()
-            child.wait()
-        if child.stdin is not None:
-            with contextlib.suppress(OSError):
-                child.stdin.close()
-        if self._relay is not None:
-            self._relay.join(10)
+    def stop(self) -> None:
+        """Stop the watcher started here, if any (its run in progress finishes first)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(130)
 
     # --- kb.service.Service -------------------------------------------------------------------------------
     def index(self, progress: Progress | None = None) -> IndexReport:
