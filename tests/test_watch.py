@@ -358,7 +358,7 @@ def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: 
 
         monkeypatch.setattr(kb.index.indexer.Indexer, "run", flaky)
         (ws / "projects/prds/doc2.md").write_text("# Doc 2\n\nFirst try fails.\n")
-        wait_for(lambda: w.last_error and "Input/output error" in w.last_error, 10)
+        wait_for(lambda: w.last_error and "I/O error" in w.last_error, 10)  # as StorageError words it
         (ws / "projects/prds/doc3.md").write_text("# Doc 3\n\nSecond change.\n")
         wait_for(
             lambda: (

@@ -306,9 +306,9 @@ class Watcher:
             log.info("re-indexed: %s", event.line())
             for line in report.repaired:
                 log.warning("repaired: %s", line)
+            self.on_reindex(event)
         if report.redacted:
             log.warning("redacted: %s", ", ".join(f"{r.path}:{r.line} {r.kind}" for r in report.redacted))
-            self.on_reindex(event)
         self._write_status()
         return report
 
