@@ -6,6 +6,8 @@ nothing heavy at module level (numpy, httpx and kb's backends are imported where
 
 * processes: :func:`free_port`, :func:`kb_command` and :func:`run_kb` (``python -m kb`` in a child process),
   :class:`Background` (a child whose log can be read while it runs, e.g. :func:`kb_watch`), :func:`wait_for`;
+  :func:`drop_privileges`, :func:`unprivileged_folder` and :func:`give_to_nobody` (a child that runs as the
+  user nobody when we are root, so that file permissions apply to it);
 * :class:`LlamaServer`: llama.cpp's OpenAI-compatible server with the bundled SmolLM2 on a free loopback port;
 * :class:`WebMirror`: a static web server on 127.0.0.1 (ETag, Last-Modified, 304, folder listings);
 * :func:`verify_citation`: is a cited quote really at the cited lines of the file;
@@ -25,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -124,6 +127,40 @@ class Background:
 def kb_watch(workspace: Path, log: Path, timeout: float = 180) -> Background:
     """``kb watch`` on ``workspace`` in a child process, returned once it serves."""
     return Background(kb_command("watch", "--workspace", workspace), log).wait_for_line(READY, timeout)
+
+
+# --- an unprivileged user ----------------------------------------------------------------------------------
+NOBODY = 65534  # uid and gid of the user "nobody"
+
+
+def drop_privileges() -> None:
+    """Become the user nobody when this process is root (root reads a ``chmod 000`` file; nobody gets EACCES
+    like any user). For a child process, called once it has imported (and loaded) what it needs: the
+    interpreter's own files may be out of nobody's reach (e.g. a Python under /root)."""
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+
+@contextlib.contextmanager
+def unprivileged_folder() -> Iterator[Path]:
+    """A fresh folder that a child can enter after :func:`drop_privileges` (pytest's temp folders are private
+    to root): under the system's temp folder, mode 0755; removed afterwards. Hand what the child must write
+    to it with :func:`give_to_nobody`."""
+    folder = Path(tempfile.mkdtemp(prefix="kb-unprivileged-"))
+    try:
+        folder.chmod(0o755)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def give_to_nobody(path: Path) -> None:
+    """``path`` and everything under it owned by nobody, when this process is root (else nothing to do)."""
+    if os.geteuid() == 0:
+        for p in [path, *path.rglob("*")]:
+            os.lchown(p, NOBODY, NOBODY)
 
 
 # --- a real language model ----------------------------------------------------------------------------------
