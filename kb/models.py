@@ -264,6 +264,7 @@ class WatcherStatus(_Dict):
     pending: int = 0
     last_error: str | None = None
     last_reindex_at: float | None = None
+    served: int = 0  # requests answered for other processes (search, ask, status, index, ...)
 
 
 @dataclass

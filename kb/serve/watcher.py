@@ -390,6 +390,7 @@ class Watcher:
             pending=self.pending,
             last_error=self.last_error,
             last_reindex_at=self.last_reindex_at,
+            served=self.served,
         )
 
     def _write_status(self, running: bool = True) -> None:
