@@ -8,6 +8,7 @@ and an unrelated quote, and accept faithful paraphrases.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +21,7 @@ def _load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_judge", JUDGE)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
