@@ -106,11 +106,17 @@ def check_verified(ws: Path, data: dict[str, Any]) -> None:
 
 
 # Questions SmolLM2 answered (not abstained) in benchmarks/bench_llm.py; at least one must be answered here.
+# The first three are always asked; the others only while none was answered (the prompt's fence boundary is
+# random, so SmolLM2's drafts vary: in one run of the suite all three abstained).
 QUESTIONS = [
     "Should I denormalize this data?",
     "How should I model a permissions system with roles and permissions?",
     "How do I prevent SQL injection here?",
+    "How do I optimize this database query?",
+    "What's the right way to store sensitive data?",
+    "How do I handle this data consistency issue?",
 ]
+ALWAYS_ASKED = 3
 
 
 def test_kb_ask_with_a_real_model_shows_only_verified_sentences(
@@ -118,6 +124,8 @@ def test_kb_ask_with_a_real_model_shows_only_verified_sentences(
 ) -> None:
     answered = 0
     for n, question in enumerate(QUESTIONS):
+        if n >= ALWAYS_ASKED and answered:
+            break
         record = tmp_path / f"draft-{n}.txt"
         r = ask(server, question, indexed, record, "--json")
         assert r.returncode in (0, 3), r.stderr
