@@ -35,6 +35,7 @@ from ingest.layout import DEFAULT_INCLUDE
 from kb.errors import ConfigError
 
 DEFAULT_EMBEDDER = "st:all-MiniLM-L6-v2"
+EMBEDDER_KINDS = ("st:", "openai-compatible:")
 
 _toml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("kb_toml")  # unset: {}
 
@@ -89,6 +90,67 @@ class ResourcesSettings(BaseModel):
         return data
 
 
+class StoreSettings(BaseModel):
+    """``[store]`` in kb.toml: where the vectors live. Without ``url``, in an embedded Chroma folder inside
+    the workspace; with it, on a Chroma server shared by many workspaces (each in its own collections)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        None,
+        description="Chroma server (chroma run, 1.x), e.g. http://chroma.internal:8000; unset: an embedded "
+        "Chroma folder in the workspace. Also KB_CHROMA_URL.",
+        examples=["http://127.0.0.1:8000"],
+    )
+    tenant: str = Field("default_tenant", description="Chroma tenant (KB_CHROMA_TENANT).")
+    database: str = Field(
+        "default_database", description="Chroma database, created when missing (KB_CHROMA_DATABASE)."
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra HTTP headers sent to the server, e.g. a token for an authenticating proxy in "
+        "front of Chroma (never printed). Keep tokens out of this file: set KB_CHROMA_HEADERS to a JSON "
+        "object.",
+    )
+    timeout: float = Field(30.0, gt=0, description="Seconds to wait for the Chroma server's answer.")
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a store request on a dropped connection or timeout."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _env(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in ("url", "tenant", "database"):
+            value = os.environ.get(f"KB_CHROMA_{key.upper()}")
+            if value:
+                data[key] = value
+        raw = os.environ.get("KB_CHROMA_HEADERS")
+        if raw:
+            try:
+                headers = json.loads(raw)
+            except json.JSONDecodeError:
+                headers = None
+            if not isinstance(headers, dict):
+                raise ValueError(
+                    'KB_CHROMA_HEADERS must be a JSON object, e.g. {"Authorization": "Bearer ..."}'
+                )
+            data["headers"] = headers
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"the Chroma server URL {value!r} must start with http:// or https://")
+        return value
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
         return None, field_name, False
@@ -104,9 +166,9 @@ class Settings(BaseSettings):
 
     embedder: str = Field(
         DEFAULT_EMBEDDER,
-        description="Embedding model: 'st:<sentence-transformers name or local path>'. The default is the "
-        "bundled all-MiniLM-L6-v2. Changing it rebuilds the index automatically (vectors of two models never "
-        "mix).",
+        description="Embedding model: 'st:<sentence-transformers name or local path>' (the default is the "
+        "bundled all-MiniLM-L6-v2), or 'openai-compatible:<model>' for any /v1/embeddings server (see "
+        "embed_base_url). Changing it rebuilds the index automatically (vectors of two models never mix).",
     )
     embedder_runtime: Literal["onnx", "torch"] = Field(
         "onnx",
@@ -117,6 +179,22 @@ class Settings(BaseSettings):
         description="Where the ONNX export of the model is kept; default: the index folder.",
         examples=["/srv/kb-models"],
     )
+    embed_base_url: str = Field(
+        "http://127.0.0.1:8081/v1",
+        description="Base URL of the /v1/embeddings server of an 'openai-compatible:' embedder "
+        "(text-embeddings-inference, Ollama, vLLM, llama.cpp's server). Part of the index's identity.",
+    )
+    embed_api_key: SecretStr | None = Field(
+        None,
+        description="API key of the embeddings server (a Bearer token; never printed). Keep it out of this "
+        "file: set KB_EMBED_API_KEY.",
+        examples=["..."],
+    )
+    embed_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the embeddings server.")
+    embed_retries: int = Field(
+        4, ge=0, le=10, description="Retries on 429, 5xx, timeouts and dropped connections, with backoff."
+    )
+    embed_batch: int = Field(64, ge=1, le=2048, description="Texts per request to the embeddings server.")
     cache_dir: Path | None = Field(
         None,
         description="Where kb eval keeps its dataset indexes; default: $XDG_CACHE_HOME/kb or ~/.cache/kb.",
@@ -186,6 +264,10 @@ class Settings(BaseSettings):
     min_relevance: float = Field(
         0.35, ge=0.0, le=1.0, description="Below this cosine similarity a sentence is not evidence."
     )
+    store: StoreSettings = Field(
+        default_factory=lambda: StoreSettings.model_validate({}),
+        description="Where the vectors live: an embedded Chroma folder (default) or a Chroma server.",
+    )
     resources: ResourcesSettings = Field(
         default_factory=lambda: ResourcesSettings.model_validate({}),
         description="The personas' recommended resources (kb resources list|fetch|import).",
@@ -194,10 +276,11 @@ class Settings(BaseSettings):
     @field_validator("embedder")
     @classmethod
     def _embedder_spec(cls, value: str) -> str:
-        if not value.startswith("st:") or len(value) <= 3:
+        kind = next((k for k in EMBEDDER_KINDS if value.startswith(k)), None)
+        if kind is None or len(value) <= len(kind):
             raise ValueError(
-                f"unknown embedder {value!r}: use 'st:<sentence-transformers model name or local path>', "
-                f"e.g. {DEFAULT_EMBEDDER!r}"
+                f"unknown embedder {value!r}: use 'st:<sentence-transformers model name or local path>' "
+                f"(e.g. {DEFAULT_EMBEDDER!r}) or 'openai-compatible:<model served at embed_base_url>'"
             )
         return value
 

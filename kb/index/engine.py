@@ -10,6 +10,7 @@ run, whatever the store is.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sqlite3
@@ -20,19 +21,21 @@ import numpy as np
 
 from ingest.discovery import discover
 from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
+from kb.backends.chroma_server import ChromaServerStore
 from kb.backends.embedders import Embedder, LockedEmbedder, make_embedder
 from kb.backends.store import ChromaStore, Store
-from kb.errors import EmptyIndexError, IndexCorruptError, IndexLockedError
+from kb.errors import EmbedderError, EmptyIndexError, IndexCorruptError, IndexLockedError, KbError
 from kb.index.indexer import Indexer, Progress, Scope, collection_name, fingerprint, text_hash
 from kb.index.manifest import Manifest
 from kb.locks import Busy, file_lock
-from kb.models import IndexReport, SourceStatus, Status, WatcherStatus
+from kb.models import IndexReport, SourceStatus, Status, StoreStatus, WatcherStatus
 from kb.settings import Settings
 from kb.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.sqlite3"
+PROBE_MIN_COSINE = 0.99  # a remote model's probe vector further from the recorded one: another model
 
 
 class IndexEngine:
@@ -59,14 +62,25 @@ class IndexEngine:
         self._manifest: Manifest | None = None
         self._fingerprint: str | None = None
         self._locked = False
+        self._seen: int | None = None  # the manifest's commit_seq this engine's store view reflects
+        self._probed = False
 
     # --- backends -----------------------------------------------------------------------------------------
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
             cache = self.settings.model_cache_dir or (self.workspace.state_dir / "models")
+            st = self.settings
+            key = st.embed_api_key.get_secret_value() if st.embed_api_key else None
             self._embedder = make_embedder(
-                self.settings.embedder, self.settings.embedder_runtime, Path(cache)
+                st.embedder,
+                st.embedder_runtime,
+                Path(cache),
+                base_url=st.embed_base_url,
+                api_key=key,
+                timeout=st.embed_timeout,
+                retries=st.embed_retries,
+                batch_size=st.embed_batch,
             )
         return self._embedder
 
@@ -87,7 +101,25 @@ class IndexEngine:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = ChromaStore(self.workspace.state_dir / "chroma", collection_name(self.fingerprint))
+            cfg = self.settings.store
+            if cfg.url:  # a Chroma server: this workspace's collections carry its stable id
+                prefix = f"kb_{self.workspace.workspace_id()}_"
+                self._store = ChromaServerStore(
+                    cfg.url,
+                    prefix + self.fingerprint,
+                    prefix=prefix,
+                    tenant=cfg.tenant,
+                    database=cfg.database,
+                    headers={k: v.get_secret_value() for k, v in cfg.headers.items()},
+                    timeout=cfg.timeout,
+                    retries=cfg.retries,
+                )
+            else:  # embedded: a folder of this workspace's own (names kept from before, no migration)
+                self._store = ChromaStore(
+                    self.workspace.state_dir / "chroma", collection_name(self.fingerprint)
+                )
+            if self._manifest is not None:
+                self._seen = self._manifest.commit_seq()
         return self._store
 
     @property
@@ -134,7 +166,68 @@ class IndexEngine:
                 "current ones. "
                 "Run: kb index (it rebuilds automatically)."
             )
+        self.check_embedder(manifest)
+        self.follow(manifest.commit_seq())
         return manifest, self.store
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[tuple[Manifest, Store, int]]:
+        """Manifest and store for one consistent read, and the commit it reflects: every manifest query
+        inside sees that one committed state, and the store view is at least as new (re-opened when another
+        process committed since). The vector store has no transactions: a reader compares
+        :meth:`committed_since` afterwards and reads again if a commit landed meanwhile
+        (:class:`kb.answer.query.Query` does)."""
+        manifest, _ = self.ready()
+        with manifest.read_transaction():
+            seq = manifest.commit_seq()
+            self.follow(seq)
+            yield manifest, self.store, seq
+
+    def committed_since(self, seq: int) -> bool:
+        """Whether a writer committed after the commit ``seq`` (a cheap query)."""
+        return self.reader().commit_seq() != seq
+
+    def follow(self, seq: int) -> None:
+        """The manifest is at commit ``seq``: if that is not what this engine's store view reflects, another
+        process wrote; re-open the store (embedded Chroma keeps serving what it loaded otherwise). A store
+        that was injected, or that this engine wrote itself, is current already."""
+        if self._seen is not None and seq != self._seen and self._owns_store and self._store is not None:
+            log.debug(
+                "index commit %s -> %s by another process: re-opening the vector store", self._seen, seq
+            )
+            self._store.reopen()
+        self._seen = seq
+
+    def check_embedder(self, manifest: Manifest) -> None:
+        """A remote embedder (``openai-compatible:``) may change its model behind the same name: its vector
+        of a fixed probe text must still be the one recorded when the index was built."""
+        embedder = self.embedder
+        probe = getattr(embedder, "probe_vector", None)
+        if probe is None or self._probed:
+            return
+        vector = np.asarray(probe(), dtype=np.float32)
+        recorded = manifest.get_meta(f"probe:{embedder.model_id}")
+        self._probed = True
+        if recorded is None:
+            return
+        old = np.asarray(json.loads(recorded), dtype=np.float32)
+        cosine = float(old @ vector / max(float(np.linalg.norm(old) * np.linalg.norm(vector)), 1e-12))
+        if old.shape != vector.shape or cosine < PROBE_MIN_COSINE:
+            self._probed = False
+            raise EmbedderError(
+                f"The embedding server behind {embedder.model_id} changed its model: its vector of a fixed "
+                f"probe text moved (cosine {cosine:.3f} to the one recorded when this index was built). "
+                "Rebuild the index with: kb index --rebuild, or point KB_EMBED_BASE_URL at a server with "
+                "the original model."
+            )
+
+    def _record_probe(self, manifest: Manifest) -> None:
+        embedder = self.embedder
+        probe = getattr(embedder, "probe_vector", None)
+        key = f"probe:{embedder.model_id}"
+        if probe is not None and manifest.get_meta(key) is None:
+            with manifest.db:
+                manifest.set_meta(key, json.dumps([round(float(x), 7) for x in probe()]))
 
     # --- writing ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -157,20 +250,34 @@ class IndexEngine:
                 "Wait for it to finish (or stop it) and try again."
             ) from None
 
-    def index(self, progress: Progress | None = None, scope: Scope | None = None) -> IndexReport:
+    def index(
+        self, progress: Progress | None = None, scope: Scope | None = None, *, rebuild: bool = False
+    ) -> IndexReport:
         """Bring the index up to date with the files (incremental; see :mod:`kb.index.indexer`); ``scope``
-        restricts the run to some paths (``kb watch``'s targeted runs)."""
+        restricts the run to some paths (``kb watch``'s targeted runs); ``rebuild`` re-reads and re-embeds
+        everything (the embedding model behind a name changed)."""
         with self.write_lock():
-            manifest, store = self.manifest(), self.store
+            manifest = self.manifest()
+            if rebuild:
+                manifest.drop_vectors(self.embedder.model_id)
+                with manifest.db:
+                    manifest.db.execute("DELETE FROM meta WHERE key=?", (f"probe:{self.embedder.model_id}",))
+                self._probed = True
+            elif manifest.get_meta("fingerprint") == self.fingerprint:
+                self.check_embedder(manifest)
+            self.follow(manifest.commit_seq())
+            store = self.store
             repaired: list[str] = []
             try:
                 store.check()
             except IndexCorruptError as exc:
                 repaired.append(f"vector index could not be opened ({exc}); {store.reset()} and rebuilt")
             report = Indexer(
-                self.workspace.root, self.settings, manifest, store, self.embedder, progress
+                self.workspace.root, self.settings, manifest, store, self.embedder, progress, rebuild=rebuild
             ).run(scope)
+            self._seen = manifest.commit_seq()  # this engine's own writes: its store view has them
             report.repaired = repaired + report.repaired
+            self._record_probe(manifest)
             if scope is None:
                 store.drop_other_collections()
             return report
@@ -241,6 +348,15 @@ class IndexEngine:
         """Chunks per indexed path ({} when nothing is indexed)."""
         return self.reader().chunk_counts() if self.has_index() else {}
 
+    def store_status(self) -> StoreStatus:
+        """Which store holds the vectors (the folder or the server's URL) and this workspace's collections."""
+        try:
+            return self.store.status()
+        except KbError as exc:  # e.g. a remote embedder that is down: the collection name is unknown
+            cfg = self.settings.store
+            where = cfg.url or str(self.workspace.state_dir / "chroma")
+            return StoreStatus("server" if cfg.url else "embedded", where, "", error=str(exc))
+
     def status(self, watcher: WatcherStatus | None) -> Status:
         ws, model = self.workspace, self.settings.embedder
         if not self.has_index():
@@ -255,6 +371,7 @@ class IndexEngine:
                 None,
                 [],
                 watcher,
+                self.store_status(),
             )
         manifest = self.reader()
         counts = manifest.chunk_counts()
@@ -274,6 +391,7 @@ class IndexEngine:
             last_indexed_at=float(last) if last else None,
             sources=sources,
             watcher=watcher,
+            store=self.store_status(),
         )
 
     def close(self) -> None:
