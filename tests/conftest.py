@@ -65,7 +65,9 @@ def _session_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | N
 
 
 @pytest.fixture(autouse=True)
-def _offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _session_store: str | None) -> None:
+def _offline_and_isolated(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _session_store: str | None
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("ANONYMIZED_TELEMETRY", "False")

@@ -82,6 +82,13 @@ class ChromaServerStore(ChromaCollection):
             "in kb.toml; nothing was half-written."
         )
 
+    def _too_slow(self, what: str, seconds: float) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"The Chroma server at {self.url} did not answer a {what} within {seconds:g} s. Check it is "
+            f"healthy (GET {self.url}{HEARTBEAT}) or raise [store] timeout in kb.toml; nothing was "
+            "half-written."
+        )
+
     def _heartbeat(self) -> None:
         """One plain HTTP request first: it tells a refused connection, a proxy refusing the token and a
         server that is not Chroma apart, which chromadb's client does not."""
@@ -92,7 +99,7 @@ class ChromaServerStore(ChromaCollection):
                 self.url + HEARTBEAT, headers=self.headers, timeout=min(self.timeout, 10.0), trust_env=False
             )
         except httpx.TimeoutException:
-            raise self._unreachable(f"no answer within {min(self.timeout, 10.0):g} s") from None
+            raise self._too_slow("heartbeat", min(self.timeout, 10.0)) from None
         except httpx.HTTPError as exc:
             raise self._unreachable(str(exc) or type(exc).__name__) from None
         if r.status_code in (401, 403, 407):
@@ -172,11 +179,7 @@ class ChromaServerStore(ChromaCollection):
             except StoreUnavailableError as exc:  # from _connect: the server is not there
                 error: Exception = exc
             except httpx.TimeoutException:
-                error = StoreUnavailableError(
-                    f"The Chroma server at {self.url} did not answer a {what} within {self.timeout:g} s "
-                    f"({attempt + 1} tries). Check it is healthy (GET {self.url}{HEARTBEAT}) or raise "
-                    "[store] timeout in kb.toml; nothing was half-written."
-                )
+                error = self._too_slow(what, self.timeout)
             except httpx.TransportError as exc:
                 error = self._unreachable(str(exc) or type(exc).__name__)
             except NotFoundError as exc:
@@ -193,7 +196,9 @@ class ChromaServerStore(ChromaCollection):
             if attempt >= self.retries:
                 raise error
             delay = self.backoff * 2**attempt
-            log.warning("Chroma server at %s: %s; retrying in %.1f s", self.url, error, delay)
+            log.debug(
+                "Chroma server at %s failed (%s); retrying in %.1f s", self.url, type(error).__name__, delay
+            )
             time.sleep(delay)
             attempt += 1
             self.close()  # reconnect: the server may have restarted (or moved its collection)

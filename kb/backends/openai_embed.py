@@ -148,7 +148,7 @@ class OpenAIEmbedder:
             delay = self.backoff * 2**attempt * (1 + random.random() / 4)
             if error.retry_after is not None:
                 delay = max(delay, min(error.retry_after, MAX_RETRY_AFTER))
-            log.warning("embeddings server %s: %s; retrying in %.1f s", self.base_url, error, delay)
+            log.info("embeddings server %s: %s; retrying in %.1f s", self.base_url, error, delay)
             time.sleep(delay)
             attempt += 1
 

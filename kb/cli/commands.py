@@ -66,7 +66,16 @@ def init(
 
 
 @app.command()
-def index(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+def index(
+    workspace: WorkspaceOpt = None,
+    json_out: JsonOpt = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild", help="Re-read and re-embed everything (the embedding server changed its model)."
+        ),
+    ] = False,
+) -> None:
     """Index the workspace (incremental: only what changed is re-read and re-embedded).
 
     Example: kb index --workspace ./acme --json
@@ -75,7 +84,7 @@ def index(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
 
     kb = serving(workspace)
     with progress_bar(json_out) as progress:
-        report = kb.index(progress=progress)
+        report = kb.index(progress=progress, rebuild=rebuild)
     if json_out:
         return print_json(report.to_dict())
     print_index_report(out, report)

@@ -146,7 +146,10 @@ class _EmbeddingsHandler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.batches.append(len(texts))
             vectors = srv.embed(texts)
-        data = [{"object": "embedding", "index": i, "embedding": [float(x) for x in v]} for i, v in enumerate(vectors)]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
+            for i, v in enumerate(vectors)
+        ]
         data.reverse()  # the index field says which is which; kb must not rely on the order
         return self._reply(200, {"object": "list", "model": srv.model, "data": data})
 
