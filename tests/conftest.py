@@ -37,10 +37,6 @@ RESOURCES = ROOT.parent / "shared" / "resources"
 STORE = os.environ.get("KB_TEST_STORE", "embedded")  # read before any fixture clears the KB_* variables
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "embedded_only: looks inside the embedded Chroma folder")
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if STORE == "server":
         skip = pytest.mark.skip(reason="looks inside the embedded Chroma folder (KB_TEST_STORE=server)")

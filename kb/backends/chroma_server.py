@@ -208,6 +208,10 @@ class ChromaServerStore(ChromaCollection):
         """Reachable (else :class:`StoreUnavailableError`, which is not damage) and readable."""
         self.count()
 
+    def reopen(self) -> None:
+        """Nothing to do: a server shows every client its current state (a dropped connection reconnects by
+        itself, in :meth:`_call`)."""
+
     def reset(self) -> str:
         """A collection that cannot be read is dropped and recreated empty (the next run refills it)."""
         try:

@@ -6,7 +6,7 @@ server, and kb child processes that index with the fake embedder.
   server that accepts connections and never answers);
 * :class:`EmbeddingServer`: ``POST /v1/embeddings`` in a thread, serving the bundled model's vectors (or any
   function's), with injectable failures (429/5xx), latency, an API key, and a model swap;
-* :func:`fake_kb_code` / :func:`fake_kb`: ``kb index`` (or any verb) in a child process with
+* :func:`fake_kb` / :func:`fake_kb_command`: ``kb index`` (or any verb) in a child process with
   :class:`kb.testing.FakeEmbedder` injected (the CLI cannot take an embedder object).
 """
 
@@ -221,16 +221,19 @@ import json, sys
 from kb import KnowledgeBase
 from kb.testing import FakeEmbedder
 verb, ws = sys.argv[1], sys.argv[2]
+if verb == "watch":  # its log lines on stderr, as the CLI's (READY among them)
+    from kb.cli.watch_render import log_to_stderr
+    log_to_stderr()
 with KnowledgeBase.open(ws, embedder=FakeEmbedder()) as kb:
     result = getattr(kb, verb)(*sys.argv[3:])
-print(json.dumps(result.to_dict() if hasattr(result, "to_dict") else [h.to_dict() for h in result]))
+if result is not None:
+    print(json.dumps(result.to_dict() if hasattr(result, "to_dict") else [h.to_dict() for h in result]))
 """
 
 
-def fake_kb_code() -> str:
-    """Python code for ``python -c CODE VERB WORKSPACE [ARGS]``: ``KnowledgeBase.VERB(*ARGS)`` with
-    :class:`kb.testing.FakeEmbedder`, its result printed as JSON."""
-    return FAKE_KB
+def fake_kb_command(verb: str, workspace: Path, *args: str) -> list[str]:
+    """The command line of :func:`fake_kb` (for a background child, e.g. ``kb watch``)."""
+    return [sys.executable, "-c", FAKE_KB, verb, str(workspace), *args]
 
 
 def fake_kb(
@@ -238,7 +241,7 @@ def fake_kb(
 ) -> subprocess.CompletedProcess[str]:
     """``KnowledgeBase.open(workspace, embedder=FakeEmbedder()).VERB(*args)`` in a child process."""
     return subprocess.run(
-        [sys.executable, "-c", FAKE_KB, verb, str(workspace), *args],
+        fake_kb_command(verb, workspace, *args),
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
