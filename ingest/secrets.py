@@ -72,7 +72,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ingest.secret_rules import KINDS, NOT_SECRET_KEY, RULES, Rule, entropy, key_block_has_body, placeholder
+from ingest.secret_checks import entropy, key_block_has_body, placeholder
+from ingest.secret_rules import KINDS, NOT_SECRET_KEY, RULES, Rule
 
 __all__ = ["KINDS", "Finding", "SecretScanLimit", "find_secrets", "parse_allow_list", "placeholder", "redact"]
 

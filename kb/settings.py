@@ -331,8 +331,9 @@ def load_settings(toml_path: Path | None = None, **overrides: Any) -> Settings:
 
 # --- the commented kb.toml ``kb init`` writes ---------------------------------------------------------------
 
-_TOML_HEADER = """\ # kb.toml: settings of this kb workspace. Every key is optional; the values shown are the
-defaults. # Precedence: command-line flags > KB_* environment variables > this file > defaults.
+_TOML_HEADER = """\
+# kb.toml: settings of this kb workspace. Every key is optional; the values shown are the defaults.
+# Precedence: command-line flags > KB_* environment variables > this file > defaults.
 """
 
 

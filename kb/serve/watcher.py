@@ -1,10 +1,10 @@
 """``kb watch``: keep the index equal to the files, and serve other processes meanwhile.
 
-The only module that imports watchdog. The design, in the order things can go wrong:
+File-system events come from :mod:`kb.serve.events` (the only watchdog import). The design:
 
 * **Disk is the truth.** Events only mark paths (or folders) dirty; after a quiet ``debounce`` (at most
   ``max_delay`` into a burst) the dirty paths are re-read from disk by the same indexer as ``kb index``,
-  restricted to them (``Indexer.run(scope=...)``): one transaction, only changed chunks embedded, renames
+  restricted to them (``IndexEngine.index(scope=...)``): one transaction, changed chunks embedded, renames
   and moves re-pathed with cached vectors. Duplicate, out-of-order or half-understood events (atomic saves,
   moves in and out of the tree, folder renames) cannot make it wrong: whatever happened, the path's current
   state is what gets indexed.
@@ -13,9 +13,8 @@ The only module that imports watchdog. The design, in the order things can go wr
   ``reconcile_every`` seconds a stat-only comparison of the tree with the manifest catches anything missed.
   When the vector store or a remote embedder stops answering, the changes are kept (``pending``) and tried
   again with backoff (:class:`kb.serve.support.Outage`): one full run applies them once it answers.
-* **One owner.** The watcher holds the index's write lock for its lifetime and serves
-  search/ask/status/index to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb
-  status`` shows it.
+* **One owner.** The watcher holds the index's write lock for its lifetime and serves search/ask/status/index
+  to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb status`` shows it.
 * **Stops cleanly.** SIGINT/SIGTERM finish the run in progress and stop; SIGKILL loses only pending work,
   which the next start reconciles. A workspace folder moved or deleted stops it with a clear message."""
 
