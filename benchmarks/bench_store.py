@@ -129,14 +129,14 @@ def chroma(base: Path, name: str) -> Any:
     return ChromaServer(base / name, base / f"{name}.log")
 
 
-def subset(dest: Path, docs: int, queries: int) -> Path:
+def subset(scifact: Path, dest: Path, docs: int, queries: int) -> Path:
     """A BEIR folder with the first ``queries`` train queries and ``docs`` documents (theirs first)."""
     qrels: dict[str, dict[str, int]] = {}
-    for line in (SCIFACT / "qrels/train.tsv").read_text().splitlines()[1:]:
+    for line in (scifact / "qrels/train.tsv").read_text().splitlines()[1:]:
         q, d, s = line.split("\t")[:3]
         qrels.setdefault(q, {})[d] = int(s)
     kept = sorted(qrels)[:queries]
-    corpus = [json.loads(x) for x in gzip.open(SCIFACT / "corpus.jsonl.gz", "rt")]
+    corpus = [json.loads(x) for x in gzip.open(scifact / "corpus.jsonl.gz", "rt")]
     judged = {d for q in kept for d in qrels[q]}
     rest = [c for c in corpus if c["_id"] not in judged]
     random.Random(5).shuffle(rest)
@@ -145,7 +145,7 @@ def subset(dest: Path, docs: int, queries: int) -> Path:
     (dest / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chosen))
     wanted = set(kept)
     lines = [
-        q for q in (SCIFACT / "queries.jsonl").read_text().splitlines() if json.loads(q)["_id"] in wanted
+        q for q in (scifact / "queries.jsonl").read_text().splitlines() if json.loads(q)["_id"] in wanted
     ]
     (dest / "queries.jsonl").write_text("\n".join(lines) + "\n")
     rows = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q in kept for d, s in qrels[q].items()]
@@ -158,7 +158,8 @@ def part_eval(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     from kb.evaluate import evaluate_beir
 
     full = args.eval_docs <= 0
-    dataset = SCIFACT if full else subset(tmp / "scifact-subset", args.eval_docs, args.eval_queries)
+    scifact = args.scifact
+    dataset = scifact if full else subset(scifact, tmp / "scifact-subset", args.eval_docs, args.eval_queries)
     cache, models = tmp / "eval-cache", tmp / "models"
     common: dict[str, Any] = dict(split="train", cache_dir=cache, model_cache_dir=models)
     say(
@@ -377,6 +378,7 @@ def part_fault(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", default="eval,scale,fault")
+    ap.add_argument("--scifact", type=Path, default=SCIFACT, help="the BEIR SciFact folder")
     ap.add_argument("--eval-docs", type=int, default=1500, help="0: the whole corpus")
     ap.add_argument("--eval-queries", type=int, default=300)
     ap.add_argument("--scale", default="10000,100000")
@@ -395,11 +397,13 @@ def main() -> int:
         "machine": machine(),
         "versions": versions(),
         "loadavg_start": os.getloadavg(),
-        "args": {k: v for k, v in vars(args).items() if k != "child_queries"},
+        "args": {k: str(v) for k, v in vars(args).items() if k != "child_queries"},
     }
     rows: list[tuple[str, str, str, str]] = []
     with scratch("kb-bench-store-", args.keep, say) as tmp:
-        if "eval" in parts and (SCIFACT / "corpus.jsonl.gz").is_file():
+        if "eval" in parts and not (args.scifact / "corpus.jsonl.gz").is_file():
+            print(f"SKIP: eval: no SciFact at {args.scifact} (--scifact PATH)")
+        elif "eval" in parts:
             ev = results["eval"] = part_eval(tmp, args)
             e, s = ev["stores"]["embedded"], ev["stores"]["server"]
             what = f"SciFact train, {ev['documents']} docs / {ev['queries']} queries / {ev['chunks']} chunks"
