@@ -52,6 +52,8 @@ def test_incremental_index_on_server(on_server: ChromaServer, tmp_path: Path) ->
         consistent(kb)
         assert not (ws / ".workos/.kb/chroma").exists(), "no embedded folder when a server is configured"
         assert kb.search("Ada owns billing", k=1)[0].path == ".workos/context/team.md"
+        answer = kb.ask("Who owns billing?", persona="backend-engineer")
+        assert answer.abstained or answer.citations[0].path == ".workos/context/team.md"
         emb.calls.clear()
         os.utime(ws / "projects/prds/doc1.md")
         (ws / "projects/prds/doc2.md").rename(ws / "projects/prds/moved.md")

@@ -11,20 +11,33 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
+from kb.answer.query import Query
 from kb.errors import BadRequest, KbError
-from kb.models import IndexReport
+from kb.index.engine import IndexEngine
+from kb.models import IndexReport, Status
 from kb.serve.client import encode
 
-if TYPE_CHECKING:
-    from kb.serve.watcher import Watcher
+
+class Owner(Protocol):
+    """What the dispatcher needs of the watcher that owns it (:class:`kb.serve.watcher.Watcher`)."""
+
+    root: Path
+    engine: IndexEngine
+    reader: Query | None
+    last_error: str | None
+
+    def wake(self) -> None: ...
+
+    def status_of_index(self) -> Status: ...
 
 
 class Dispatcher:
     """``dispatcher(method, params)`` answers one request for ``watcher``."""
 
-    def __init__(self, watcher: Watcher):
+    def __init__(self, watcher: Owner):
         self.watcher = watcher
         self.served = 0  # requests answered for other processes
         self.query_lock = threading.Lock()  # one query at a time on the reader (and none while stopping)
