@@ -154,7 +154,7 @@ def subset(scifact: Path, dest: Path, docs: int, queries: int) -> Path:
 
 
 def part_eval(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from kb.backends.store import forget_cached_client
+    from kb.backends.store import forget_client
     from kb.evaluate import evaluate_beir
 
     full = args.eval_docs <= 0
@@ -169,7 +169,7 @@ def part_eval(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     first = evaluate_beir(dataset, **common)[0]
     chroma_dir = Path(first.index_dir) / ".workos/.kb/chroma"
     shutil.rmtree(chroma_dir)  # refill the embedded store from the manifest's cached vectors: its own cost
-    forget_cached_client(str(chroma_dir))  # chromadb keeps one client per folder in a process
+    forget_client(str(chroma_dir))  # chromadb keeps one client per folder in a process
     say("eval: embedded store, filled from the cached vectors")
     embedded = evaluate_beir(dataset, **common)[0]
     with chroma(tmp, "eval-chroma") as url:

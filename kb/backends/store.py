@@ -9,6 +9,11 @@ Embedded Chroma keeps its vector index in memory and does not notice another pro
 open served stale dense results for 51 s after another process committed). :meth:`ChromaStore.reopen` drops
 this process's cached view of the folder so the next call reads what is on disk; the engine calls it when the
 manifest says another process committed (:mod:`kb.index.engine`).
+
+Failures are told apart: a file system failure (disk full, read-only, I/O error, the folder gone) is a
+:class:`kb.errors.StorageError`, transient, and never a reason to set the index aside; only a folder Chroma
+cannot read for another reason is :class:`kb.errors.IndexCorruptError` (then ``reset`` moves it aside). A
+server that does not answer is a :class:`kb.errors.StoreUnavailableError`, not damage either.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from kb.errors import IndexCorruptError
+from kb.errors import IndexCorruptError, IndexLockedError, KbError, storage_error
 from kb.models import StoreStatus
 
 log = logging.getLogger(__name__)
@@ -250,7 +255,7 @@ class ChromaStore(ChromaCollection):
         import chromadb
         from chromadb.config import Settings as ChromaSettings
 
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._call("open", functools.partial(self.path.mkdir, parents=True, exist_ok=True))
         with _GEN_LOCK:
             self._generation = _GENERATIONS.get(str(self.path), 0)
         try:
@@ -258,7 +263,7 @@ class ChromaStore(ChromaCollection):
                 path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False)
             )
         except Exception as exc:
-            raise IndexCorruptError(f"Cannot open the Chroma index at {self.path}: {exc}") from exc
+            raise self._open_failure(exc) from exc
 
     def _ensure_client(self) -> Any:
         if self._client is not None and self._generation != _GENERATIONS.get(str(self.path), 0):
@@ -268,11 +273,39 @@ class ChromaStore(ChromaCollection):
     def _open(self) -> Any:
         try:
             return super()._open()
-        except IndexCorruptError:
+        except KbError:
             raise
         except Exception as exc:
             self.close()
-            raise IndexCorruptError(f"Cannot open the Chroma index at {self.path}: {exc}") from exc
+            raise self._open_failure(exc) from exc
+
+    def _open_failure(self, exc: Exception) -> KbError:
+        """Why the folder cannot be opened: the file system (transient), another process, or damage."""
+        failure = storage_error(exc, self.path)
+        if failure is not None:
+            forget_client(self.path)
+            return failure
+        if "database is locked" in str(exc).lower():
+            return IndexLockedError(f"Another process is using the Chroma index at {self.path}. Try again.")
+        return IndexCorruptError(
+            f"Cannot open the Chroma index at {self.path}: {exc}. Run: kb index (or kb doctor --repair): it "
+            "is rebuilt from the manifest without re-embedding."
+        )
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``; a file system failure inside Chroma becomes one :class:`kb.errors.StorageError` line
+        (anything else propagates), and the next call opens the folder afresh (it may have been deleted)."""
+        try:
+            return fn()
+        except KbError:
+            raise
+        except Exception as exc:
+            failure = storage_error(exc, self.path)
+            if failure is None:
+                raise
+            self.close()
+            forget_client(self.path)
+            raise failure from exc
 
     def reopen(self) -> None:
         """Drop this process's cached view of the folder (Chroma caches one client per folder in-process and
@@ -281,7 +314,7 @@ class ChromaStore(ChromaCollection):
         key = str(self.path)
         with _GEN_LOCK:
             _GENERATIONS[key] = _GENERATIONS.get(key, 0) + 1
-            forget_cached_client(key)
+            forget_client(key)
         self.close()
 
     def collections(self) -> list[str]:
@@ -298,33 +331,31 @@ class ChromaStore(ChromaCollection):
 
     def reset(self) -> str:
         self.close()
-        moved = quarantine(self.path)
+        moved = self._call("reset", functools.partial(quarantine, self.path))
         return f"moved to {moved.name}"
 
 
-def forget_cached_client(key: str | None = None) -> None:
-    """Make chromadb forget its cached client of the folder ``key`` (all folders when None)."""
+def forget_client(path: Path | str | None = None) -> None:
+    """Drop Chroma's in-process cache of the client for the folder ``path`` (all folders when None): it
+    caches one per folder, and would keep serving a database file that was deleted, moved or rewritten under
+    it; other folders' clients stay as they are."""
     try:
-        from chromadb.api.client import SharedSystemClient
+        from chromadb.api.shared_system_client import SharedSystemClient
 
-        if key is None:
+        if path is None:
             SharedSystemClient.clear_system_cache()
-        else:  # the cache is keyed by the folder path; other folders' clients stay as they are
-            SharedSystemClient._identifier_to_system.pop(key, None)
-            SharedSystemClient._identifier_to_refcount.pop(key, None)
+            return
+        for cache in (SharedSystemClient._identifier_to_system, SharedSystemClient._identifier_to_refcount):
+            cache.pop(str(path), None)
     except Exception:  # pragma: no cover - internal API moved
         log.debug("could not clear Chroma's client cache", exc_info=True)
-        if key is not None:
-            forget_cached_client(None)
 
 
 def quarantine(path: Path) -> Path:
     """Move a damaged Chroma folder aside (kept for inspection) so a fresh one can be built."""
     target = path.with_name(f"{path.name}.damaged-{int(time.time())}")
     shutil.move(str(path), str(target))
-    with _GEN_LOCK:
+    with _GEN_LOCK:  # Chroma caches one client per folder in-process; forget the broken one everywhere
         _GENERATIONS[str(path)] = _GENERATIONS.get(str(path), 0) + 1
-        forget_cached_client(
-            str(path)
-        )  # Chroma caches one client per folder in-process; forget the broken one
+        forget_client(path)
     return target

@@ -13,12 +13,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from kb.cli import doctor_command, mcp_command, serve_command
 from kb.cli.group import EXIT_INTERRUPTED, command_group
 from kb.cli.options import (
     EXIT_ABSTAINED,
     JsonOpt,
     ModeOpt,
     PathOpt,
+    ServerOpt,
     TypeOpt,
     WorkspaceOpt,
     err,
@@ -69,6 +71,7 @@ def init(
 def index(
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
+    server: ServerOpt = None,
     rebuild: Annotated[
         bool,
         typer.Option(
@@ -82,7 +85,7 @@ def index(
     """
     from kb.cli.render import print_index_report
 
-    kb = serving(workspace)
+    kb = serving(workspace, server)
     with progress_bar(json_out) as progress:
         report = kb.index(progress=progress, rebuild=rebuild)
     if json_out:
@@ -99,6 +102,7 @@ def search(
     path: PathOpt = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """Show the chunks most relevant to QUERY, with file and line range.
 
@@ -108,7 +112,7 @@ def search(
     """
     from kb.cli.render import print_hits
 
-    hits = serving(workspace).search(query, k=k, mode=mode, source_type=source_type, path=path)
+    hits = serving(workspace, server).search(query, k=k, mode=mode, source_type=source_type, path=path)
     if json_out:
         return print_json({"query": query, "hits": [h.to_dict() for h in hits]})
     print_hits(out, hits)
@@ -135,6 +139,7 @@ def ask(
     path: PathOpt = None,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """Answer QUESTION from the workspace, citing file and lines for every sentence.
 
@@ -149,7 +154,7 @@ def ask(
     """
     from kb.cli.render import DraftPrinter, print_answer, print_persona_picked
 
-    kb, draft = serving(workspace), DraftPrinter(err)
+    kb, draft = serving(workspace, server), DraftPrinter(err)
     stream = draft if not json_out and kb.streams_tokens else None  # (not through kb watch)
     answer = kb.ask(
         question,
@@ -225,7 +230,7 @@ def _eval_questions(
 
 
 @app.command()
-def status(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+def status(workspace: WorkspaceOpt = None, json_out: JsonOpt = False, server: ServerOpt = None) -> None:
     """Show the workspace, index folder, model, counts, last index time and every indexed source.
 
     Example: kb status --json
@@ -233,7 +238,7 @@ def status(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
     from kb.cli.render import print_status
     from kb.cli.watch_render import print_watcher
 
-    st = serving(workspace).status()
+    st = serving(workspace, server).status()
     if json_out:
         return print_json(st.to_dict())
     print_status(out, st)
@@ -253,11 +258,15 @@ def watch(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per re-index on stdout.")
     ] = False,
+    resources: Annotated[
+        bool, typer.Option("--resources/--no-resources", help="Re-check stale recommended resources.")
+    ] = True,
 ) -> None:
     """Keep the index equal to the files until Ctrl-C: what changes is re-indexed as it changes.
 
     While it runs, kb search, ask, status and index from other terminals are answered by it (fresh, no cold
-    start). One log line per re-index on stderr: paths, action, chunks embedded, milliseconds.
+    start). One log line per re-index on stderr: paths, action, chunks embedded, milliseconds. Recommended
+    resources older than max_age_hours are re-checked in the background (--no-resources: not).
 
     Example: kb watch --workspace ./acme
     """
@@ -265,7 +274,12 @@ def watch(
 
     log_to_stderr()
     emit = (lambda r: print_json_line(r.__dict__)) if json_out else None
-    library(workspace).watch(debounce=debounce, polling=poll, on_reindex=emit)
+    refresher = serve_command.resource_refresher(workspace)[1].start() if resources else None
+    try:
+        library(workspace).watch(debounce=debounce, polling=poll, on_reindex=emit)
+    finally:
+        if refresher is not None:
+            refresher.stop()
 
 
 @app.command()
@@ -297,6 +311,9 @@ def config(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
 
 
 app.add_typer(resources_app, name="resources")
+app.command("doctor")(doctor_command.doctor)
+app.command("mcp")(mcp_command.mcp)
+app.command("serve")(serve_command.serve)
 
 
 def main() -> None:

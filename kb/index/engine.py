@@ -5,28 +5,42 @@ Everything that reads or writes an index goes through :class:`IndexEngine`: the 
 evaluation, ``kb watch``). It builds the backends it was not given (``None`` means "from settings"), computes
 the index fingerprint once, owns the write lock, and repairs a store that cannot be opened before an index
 run, whatever the store is.
+
+Faults are told apart: a file system failure (disk full, read-only, I/O error, a folder that vanished) is a
+one-line :class:`kb.errors.StorageError` and leaves the index as it was — never a reason to set a healthy
+vector index aside; a vector index that cannot be read for another reason is moved aside and rebuilt from the
+manifest. At open time, a vector index holding another number of chunks than the manifest lists (an emptied
+``chroma.sqlite3``: dense search would silently find nothing) is repaired from the cached vectors.
+
+Many processes: the manifest's ``commit_seq`` moves with every commit; an engine whose store view is older
+(another process wrote) re-opens the store before reading (:meth:`IndexEngine.snapshot`), so a long-lived
+reader sees new content without being reopened by hand. The backends come from :mod:`kb.index.wiring`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ingest.discovery import discover
-from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
-from kb.backends.chroma_server import ChromaServerStore
-from kb.backends.embedders import Embedder, LockedEmbedder, make_embedder
-from kb.backends.store import ChromaStore, Store
-from kb.errors import EmbedderError, EmptyIndexError, IndexCorruptError, IndexLockedError, KbError
-from kb.index.indexer import Indexer, Progress, Scope, collection_name, fingerprint, text_hash
+from kb.backends.embedders import Embedder, LockedEmbedder
+from kb.backends.store import Store
+from kb.errors import (
+    EmptyIndexError,
+    IndexCorruptError,
+    IndexLockedError,
+    KbError,
+    StorageError,
+    storage_error,
+)
+from kb.index.changes import changed_paths, paths_under
+from kb.index.indexer import Indexer, Progress, Scope, fingerprint, text_hash
 from kb.index.manifest import Manifest
+from kb.index.wiring import check_probe, embedder_from, forget_probe, record_probe, store_from
 from kb.locks import Busy, file_lock
 from kb.models import IndexReport, SourceStatus, Status, StoreStatus, WatcherStatus
 from kb.settings import Settings
@@ -35,7 +49,6 @@ from kb.workspace import Workspace
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.sqlite3"
-PROBE_MIN_COSINE = 0.99  # a remote model's probe vector further from the recorded one: another model
 
 
 class IndexEngine:
@@ -64,24 +77,13 @@ class IndexEngine:
         self._locked = False
         self._seen: int | None = None  # the manifest's commit_seq this engine's store view reflects
         self._probed = False
+        self._store_checked = False
 
     # --- backends -----------------------------------------------------------------------------------------
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            cache = self.settings.model_cache_dir or (self.workspace.state_dir / "models")
-            st = self.settings
-            key = st.embed_api_key.get_secret_value() if st.embed_api_key else None
-            self._embedder = make_embedder(
-                st.embedder,
-                st.embedder_runtime,
-                Path(cache),
-                base_url=st.embed_base_url,
-                api_key=key,
-                timeout=st.embed_timeout,
-                retries=st.embed_retries,
-                batch_size=st.embed_batch,
-            )
+            self._embedder = embedder_from(self.settings, self.workspace)
         return self._embedder
 
     def share_embedder(self) -> LockedEmbedder:
@@ -101,23 +103,7 @@ class IndexEngine:
     @property
     def store(self) -> Store:
         if self._store is None:
-            cfg = self.settings.store
-            if cfg.url:  # a Chroma server: this workspace's collections carry its stable id
-                prefix = f"kb_{self.workspace.workspace_id()}_"
-                self._store = ChromaServerStore(
-                    cfg.url,
-                    prefix + self.fingerprint,
-                    prefix=prefix,
-                    tenant=cfg.tenant,
-                    database=cfg.database,
-                    headers={k: v.get_secret_value() for k, v in cfg.headers.items()},
-                    timeout=cfg.timeout,
-                    retries=cfg.retries,
-                )
-            else:  # embedded: a folder of this workspace's own (names kept from before, no migration)
-                self._store = ChromaStore(
-                    self.workspace.state_dir / "chroma", collection_name(self.fingerprint)
-                )
+            self._store = store_from(self.settings, self.workspace, self.fingerprint)
             if self._manifest is not None:
                 self._seen = self._manifest.commit_seq()
         return self._store
@@ -162,12 +148,14 @@ class IndexEngine:
             raise EmptyIndexError(f"Nothing is indexed in {self.workspace.root} yet. Run: kb index")
         if built != self.fingerprint:
             raise EmptyIndexError(
-                "The index was built with other settings (embedding model or chunking) than the "
-                "current ones. "
-                "Run: kb index (it rebuilds automatically)."
+                "The index was built with other settings (embedding model, chunking or [secrets]) than the "
+                "current ones. Run: kb index (it rebuilds automatically)."
             )
         self.check_embedder(manifest)
         self.follow(manifest.commit_seq())
+        if not self._store_checked:
+            self._check_store(manifest)
+            self._store_checked = True
         return manifest, self.store
 
     @contextlib.contextmanager
@@ -200,34 +188,50 @@ class IndexEngine:
 
     def check_embedder(self, manifest: Manifest) -> None:
         """A remote embedder (``openai-compatible:``) may change its model behind the same name: its vector
-        of a fixed probe text must still be the one recorded when the index was built."""
-        embedder = self.embedder
-        probe = getattr(embedder, "probe_vector", None)
-        if probe is None or self._probed:
-            return
-        vector = np.asarray(probe(), dtype=np.float32)
-        recorded = manifest.get_meta(f"probe:{embedder.model_id}")
-        self._probed = True
-        if recorded is None:
-            return
-        old = np.asarray(json.loads(recorded), dtype=np.float32)
-        cosine = float(old @ vector / max(float(np.linalg.norm(old) * np.linalg.norm(vector)), 1e-12))
-        if old.shape != vector.shape or cosine < PROBE_MIN_COSINE:
-            self._probed = False
-            raise EmbedderError(
-                f"The embedding server behind {embedder.model_id} changed its model: its vector of a fixed "
-                f"probe text moved (cosine {cosine:.3f} to the one recorded when this index was built). "
-                "Rebuild the index with: kb index --rebuild, or point KB_EMBED_BASE_URL at a server with "
-                "the original model."
-            )
+        of a fixed probe text must still be the one recorded when the index was built (once per engine)."""
+        if not self._probed:
+            check_probe(self.embedder, manifest)
+            self._probed = True
 
-    def _record_probe(self, manifest: Manifest) -> None:
-        embedder = self.embedder
-        probe = getattr(embedder, "probe_vector", None)
-        key = f"probe:{embedder.model_id}"
-        if probe is not None and manifest.get_meta(key) is None:
+    def _check_store(self, manifest: Manifest) -> None:
+        """Once per engine, before the first query: does the vector index hold as many chunks as the
+        manifest lists? If not (an emptied or replaced ``chroma.sqlite3``, a killed run), reconcile now from
+        the cached vectors — unless another process is writing (it reconciles itself when it finishes)."""
+        want = manifest.chunk_total()
+        try:
+            have = self.store.count()
+        except IndexCorruptError as exc:  # set aside and rebuilt from the cached vectors, as kb index does
+            log.warning("%s", exc)
+            have = -1
+        if have == want:
+            return
+        log.warning("the vector index holds %d chunks, the manifest %d: repairing", max(have, 0), want)
+        try:
+            with self.write_lock():
+                repaired = [f"vector index {self.store.reset()}"] if have < 0 else []
+                repaired += self.reconcile()
+        except IndexLockedError:
+            log.warning("another kb process is writing the index; it repairs the vector index when done")
+            return
+        except StorageError as exc:
+            raise IndexCorruptError(
+                f"The vector index holds {max(have, 0)} of the {want} chunks the manifest lists and could "
+                f"not be repaired: {exc} Then run: kb doctor --repair"
+            ) from None
+        for line in repaired:
+            log.warning("index repair: %s", line)
+
+    def reconcile(self, embed: bool = True) -> list[str]:
+        """Make the vector index hold exactly the manifest's chunks (the caller holds the write lock): orphans
+        deleted, missing chunks restored from cached vectors (``embed``: embedding those not cached)."""
+        manifest = self._manifest or self.manifest()
+        indexer = Indexer(self.workspace.root, self.settings, manifest, self.store, self.embedder)
+        repaired = indexer.reconcile(embed)
+        if repaired:  # readers in other processes re-open the vector store
             with manifest.db:
-                manifest.set_meta(key, json.dumps([round(float(x), 7) for x in probe()]))
+                manifest.bump_commit()
+            self._seen = manifest.commit_seq()
+        return repaired
 
     # --- writing ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -255,13 +259,21 @@ class IndexEngine:
     ) -> IndexReport:
         """Bring the index up to date with the files (incremental; see :mod:`kb.index.indexer`); ``scope``
         restricts the run to some paths (``kb watch``'s targeted runs); ``rebuild`` re-reads and re-embeds
-        everything (the embedding model behind a name changed)."""
+        everything (the embedding model behind a name changed). A file system failure is a one-line
+        :class:`StorageError`; the index is left as it was, and the next run completes it."""
+        try:
+            return self._index(progress, scope, rebuild)
+        except (OSError, sqlite3.Error) as exc:
+            failure = storage_error(exc, self.workspace.state_dir)
+            if failure is None:
+                raise
+            raise failure from None
+
+    def _index(self, progress: Progress | None, scope: Scope | None, rebuild: bool) -> IndexReport:
         with self.write_lock():
             manifest = self.manifest()
             if rebuild:
-                manifest.drop_vectors(self.embedder.model_id)
-                with manifest.db:
-                    manifest.db.execute("DELETE FROM meta WHERE key=?", (f"probe:{self.embedder.model_id}",))
+                forget_probe(self.embedder, manifest)
                 self._probed = True
             elif manifest.get_meta("fingerprint") == self.fingerprint:
                 self.check_embedder(manifest)
@@ -277,52 +289,18 @@ class IndexEngine:
             ).run(scope)
             self._seen = manifest.commit_seq()  # this engine's own writes: its store view has them
             report.repaired = repaired + report.repaired
-            self._record_probe(manifest)
+            record_probe(self.embedder, manifest)
             if scope is None:
                 store.drop_other_collections()
             return report
 
     def changed_paths(self, unloadable: dict[str, tuple[int, int]] | None = None) -> set[str]:
-        """Paths whose files differ from the index by size or mtime, or are gone, or are new (nothing is read:
-        a stat per file). ``unloadable``: new files known to hold nothing indexable at that (size, mtime)."""
-        unloadable = unloadable or {}
-        settings = self.settings
-        cands, skipped = discover(
-            self.workspace.root,
-            DEFAULT_INCLUDE + settings.include,
-            settings.exclude,
-            int(settings.max_file_mb * 1024 * 1024),
-        )
-        old = self.manifest().sources()
-        held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
-        dirty = {
-            c.path
-            for c in cands
-            if (c.path not in old and unloadable.get(c.path) != (c.size, c.mtime_ns))
-            or (c.path in old and (old[c.path].size, old[c.path].mtime_ns) != (c.size, c.mtime_ns))
-        }
-        present = {c.path for c in cands}
-        dirty |= {p for p in old if p not in present and p not in held}
-        dirty |= {
-            s.path for s in skipped if s.path in old and not s.reason.startswith(("cannot", "permission"))
-        }
-        return dirty
+        """Paths whose files differ from the index (see :func:`kb.index.changes.changed_paths`)."""
+        return changed_paths(self.workspace.root, self.settings, self.manifest(), unloadable)
 
     def paths_under(self, folders: set[str]) -> set[str]:
-        """Every path under ``folders`` (relative), on disk or in the index: what a folder event may have
-        touched (a moved, deleted or renamed folder)."""
-        root = self.workspace.root
-        known = list(self.manifest().sources())
-        covered: set[str] = set()
-        for d in folders:
-            covered.update(p for p in known if p.startswith(d + "/"))
-            base = root / d
-            if base.is_dir() and not base.is_symlink():
-                for dirpath, dirnames, filenames in os.walk(base):
-                    dirnames[:] = [n for n in dirnames if n not in PRUNED_DIRS]
-                    here = Path(dirpath).relative_to(root).as_posix()
-                    covered.update(f"{here}/{n}" for n in filenames)
-        return covered
+        """Every path under ``folders``, on disk or in the index (:func:`kb.index.changes.paths_under`)."""
+        return paths_under(self.workspace.root, self.manifest(), folders)
 
     # --- cached embeddings --------------------------------------------------------------------------------
     def embed_cached(self, texts: Sequence[str]) -> np.ndarray:

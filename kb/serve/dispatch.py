@@ -6,7 +6,6 @@ for the watcher's own thread, the index's single writer, and answered when that 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kb.answer.query import Query
-from kb.errors import BadRequest, KbError
+from kb.errors import KbError
 from kb.index.engine import IndexEngine
 from kb.models import IndexReport, Status
 from kb.serve.client import encode
@@ -67,24 +66,22 @@ class Dispatcher:
         reader = w.reader
         assert reader is not None
         verb = w.status_of_index if method == "status" else getattr(reader, method)
-        try:
-            inspect.signature(verb).bind(**params)
-        except TypeError as exc:
-            raise BadRequest(f"Bad parameters for {method}: {exc}.") from None
-        with self.query_lock:
+        with self.query_lock:  # params were checked against the method's schema (kb.serve.protocol)
             result = verb(**params)
         return encode(result)
 
     def answer_index_requests(self, full: Callable[[str], IndexReport | None]) -> None:
-        """Run the queued ``kb index`` requests (on the watcher's thread) with ``full``."""
+        """Answer the queued ``kb index`` requests (on the watcher's thread): one ``full`` run answers every
+        request waiting now (it starts after all of them asked)."""
         with self._lock:
             todo, self._index_requests = self._index_requests, []
+        if not todo:
+            return
+        report = full("kb index (routed to the watcher)")
+        error = KbError(f"Indexing failed: {self.watcher.last_error}")
+        outcome: dict[str, Any] = {"report": report} if report else {"error": error}
         for event, done in todo:
-            report = full("kb index (routed to the watcher)")
-            if report is None:
-                done["error"] = KbError(f"Indexing failed: {self.watcher.last_error}")
-            else:
-                done["report"] = report
+            done.update(outcome)
             event.set()
 
     def stop(self) -> None:

@@ -1,5 +1,5 @@
 """Pieces of ``kb watch`` that need no watchdog: the re-index record, the backoff while a backend is down,
-and the folders a glob watches.
+the folders a glob watches, and whether the workspace and its index folder are still there.
 
 (The targeted discovery the watcher runs on changed paths is :func:`ingest.discovery.discover_paths`.)
 """
@@ -7,10 +7,14 @@ and the folders a glob watches.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 from ingest.discovery import glob_literal
-from kb.errors import EmbedderError, StoreUnavailableError
+from ingest.layout import WORKOS_DIR
+from kb.errors import EmbedderError, KbError, StorageError, StoreUnavailableError, WorkspaceNotFoundError
+from kb.models import IndexReport
+from kb.workspace import Workspace
 
 #: Errors after which ``kb watch`` keeps the changes and tries again (:class:`Outage`): a backend that does
 #: not answer (the Chroma server, a remote embeddings server), not a problem with the files.
@@ -25,6 +29,19 @@ class Reindexed:
     chunks_embedded: int
     ms: float
     reason: str
+
+    @classmethod
+    def of(cls, report: IndexReport, ms: float, reason: str) -> Reindexed | None:
+        """The record of a run that changed something (None when it changed nothing)."""
+        paths = (
+            [("added", p) for p in report.added]
+            + [("updated", p) for p in report.updated]
+            + [("removed", p) for p in report.removed]
+            + [("renamed", f"{a} -> {b}") for a, b in report.renamed]
+        )
+        if paths or report.chunks_embedded or report.repaired:
+            return cls(paths, report.chunks_embedded, ms, reason)
+        return None
 
     def line(self) -> str:
         shown = ", ".join(f"{a} {p}" for a, p in self.paths[:3])
@@ -73,3 +90,27 @@ class Outage:
         """It answers again: how long it was down (None when it was not)."""
         since, self.since = self.since, None
         return None if since is None else time.time() - since
+
+
+def workspace_gone(workspace: Workspace, identity: tuple[int, int]) -> KbError | None:
+    """Why ``kb watch`` must stop, if the workspace folder (``identity``: its device and inode at start) was
+    moved or deleted, or its index folder deleted (the socket and the write lock went with it: another
+    process could now open the index beside this one)."""
+    root = workspace.root
+    try:
+        st = os.stat(root)
+        same = (st.st_dev, st.st_ino) == identity and (root / WORKOS_DIR).is_dir()
+    except OSError:
+        same = False
+    if not same:
+        return WorkspaceNotFoundError(
+            f"The workspace folder {root} was moved or deleted while kb watch was running; kb watch "
+            "stopped (nothing was half-written). Start it again where the workspace is now: "
+            "kb watch --workspace NEW_PATH"
+        )
+    if not workspace.state_dir.is_dir():
+        return StorageError(
+            f"The index folder {workspace.state_dir} was deleted while kb watch was running; kb watch "
+            f"stopped. Start it again (it rebuilds the index): kb watch --workspace {root}"
+        )
+    return None

@@ -16,7 +16,8 @@ File-system events come from :mod:`kb.serve.events` (the only watchdog import). 
 * **One owner.** The watcher holds the index's write lock for its lifetime and serves search/ask/status/index
   to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb status`` shows it.
 * **Stops cleanly.** SIGINT/SIGTERM finish the run in progress and stop; SIGKILL loses only pending work,
-  which the next start reconciles. A workspace folder moved or deleted stops it with a clear message."""
+  which the next start reconciles. A workspace or index folder moved or deleted stops it with a clear
+  message."""
 
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from ingest.discovery import discover_paths
-from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS, WORKOS_DIR
+from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
 from kb.answer.query import Query
 from kb.backends.embedders import LockedEmbedder
-from kb.errors import IndexCorruptError, IndexLockedError, KbError, WorkspaceNotFoundError
+from kb.errors import IndexCorruptError, IndexLockedError, KbError
 from kb.index.engine import IndexEngine
 from kb.models import IndexReport, Status, WatcherStatus
 from kb.serve.client import connect, save_watcher_status, socket_path
@@ -48,7 +49,7 @@ from kb.serve.events import (
     watch_roots,
 )
 from kb.serve.server import WatchServer
-from kb.serve.support import UNAVAILABLE, Outage, Reindexed
+from kb.serve.support import UNAVAILABLE, Outage, Reindexed, workspace_gone
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,14 @@ class Watcher:
         if len(covered) > FULL_RUN_ABOVE:
             self._full(f"{len(covered)} paths changed")
             return
-        cands, skipped = discover_paths(self.root, self.include, self.exclude, self.max_bytes, covered)
+        cands, skipped = discover_paths(
+            self.root,
+            self.include,
+            self.exclude,
+            self.max_bytes,
+            covered,
+            follow_hardlinks=self.engine.settings.follow_hardlinks,
+        )
         covered.update(c.path for c in cands)
 
         def work() -> IndexReport:
@@ -332,20 +340,16 @@ class Watcher:
         for s in report.skipped:  # loaded and found nothing to index: not read again until it changes
             if stats and s.path in stats and not s.reason.startswith(("cannot", "permission", "vanished")):
                 self._unloadable[s.path] = stats[s.path]
-        paths = (
-            [("added", p) for p in report.added]
-            + [("updated", p) for p in report.updated]
-            + [("removed", p) for p in report.removed]
-            + [("renamed", f"{a} -> {b}") for a, b in report.renamed]
-        )
-        if paths or report.chunks_embedded or report.repaired:
-            event = Reindexed(paths, report.chunks_embedded, (time.perf_counter() - started) * 1000, reason)
+        event = Reindexed.of(report, (time.perf_counter() - started) * 1000, reason)
+        if event is not None:
             self.reindexes += 1
             self.last_reindex_at = time.time()
             log.info("re-indexed: %s", event.line())
             for line in report.repaired:
                 log.warning("repaired: %s", line)
             self.on_reindex(event)
+        if report.redacted:
+            log.warning("redacted: %s", ", ".join(f"{r.path}:{r.line} {r.kind}" for r in report.redacted))
         self._write_status()
         return report
 
@@ -362,17 +366,9 @@ class Watcher:
 
     # --- health -------------------------------------------------------------------------------------------
     def _check_workspace(self) -> None:
-        try:
-            st = os.stat(self.root)
-            same = (st.st_dev, st.st_ino) == self._identity and (self.root / WORKOS_DIR).is_dir()
-        except OSError:
-            same = False
-        if not same:
-            raise WorkspaceNotFoundError(
-                f"The workspace folder {self.root} was moved or deleted while kb watch was running; kb watch "
-                "stopped (nothing was half-written). Start it again where the workspace is now: "
-                "kb watch --workspace NEW_PATH"
-            )
+        gone = workspace_gone(self.engine.workspace, self._identity)
+        if gone is not None:
+            raise gone
         config = stamp(self.engine.workspace.config_path)
         if config != self._config_stamp:  # settings are read once; say so rather than index with stale ones
             self._config_stamp = config
@@ -397,6 +393,7 @@ class Watcher:
             pending=self.pending,
             last_error=self.last_error,
             last_reindex_at=self.last_reindex_at,
+            served=self.served,
             store_down_since=self.outage.since,
             next_retry_at=self.outage.retry_at(),
         )

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kb.testing import Background, free_port, wait_for
+from kb.testing.processes import Background, free_port, wait_for
 
 if TYPE_CHECKING:
     import numpy as np
