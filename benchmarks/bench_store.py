@@ -17,7 +17,10 @@
   from scratch (same chunks; the server's collection holds exactly the manifest's ids).
 
 Usage:  python benchmarks/bench_store.py [--parts eval,scale,fault] [--eval-docs 1500] [--eval-queries 300]
-        [--scale 10000,100000] [--queries 200] [--edits 200] [--keep]
+        [--model-cache DIR] [--scale 10000,100000] [--queries 200] [--edits 200] [--merge] [--keep]
+
+``--merge`` keeps the parts of the last results file that this run does not measure (run the parts one at a
+time on a busy machine; each part records its own start, load average and arguments under ``runs``).
 
 Prints markdown tables on stdout, progress on stderr, writes benchmarks/results/bench_store.json.
 """
@@ -44,6 +47,7 @@ from typing import Any
 import numpy as np
 from common import (
     PROJECT,
+    RESULTS,
     info,
     logger,
     machine,
@@ -160,7 +164,7 @@ def part_eval(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     full = args.eval_docs <= 0
     scifact = args.scifact
     dataset = scifact if full else subset(scifact, tmp / "scifact-subset", args.eval_docs, args.eval_queries)
-    cache, models = tmp / "eval-cache", tmp / "models"
+    cache, models = tmp / "eval-cache", args.model_cache or tmp / "models"
     common: dict[str, Any] = dict(split="train", cache_dir=cache, model_cache_dir=models)
     say(
         f"eval: embedding {'the whole corpus' if full else f'{args.eval_docs} documents'} once "
@@ -375,15 +379,94 @@ def part_fault(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def table(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The rows of every part in ``results`` (this run's, and earlier runs' kept with ``--merge``)."""
+    rows: list[tuple[str, str, str, str]] = []
+    if ev := results.get("eval"):
+        e, s = ev["stores"]["embedded"], ev["stores"]["server"]
+        what = f"SciFact train, {ev['documents']} docs / {ev['queries']} queries / {ev['chunks']} chunks"
+        rows.append(info("eval corpus", what))
+        rows.append(info("embedding once (embedded run, excluded below)", f"{ev['embedding_wall_s']:.1f} s"))
+        rows.append(
+            (
+                "nDCG@10 embedded / server",
+                f"{e['ndcg@10']:.4f} / {s['ndcg@10']:.4f}",
+                "identical",
+                verdict(ev["identical_ndcg"]),
+            )
+        )
+        rows.append(
+            info(
+                "index wall from cached vectors, embedded / server",
+                f"{e['index_seconds']:.1f} s / {s['index_seconds']:.1f} s",
+            )
+        )
+        for q in ("p50", "p95"):
+            rows.append(
+                info(
+                    f"search k=100 {q}, embedded / server",
+                    f"{e[f'latency_ms_{q}']:.1f} / {s[f'latency_ms_{q}']:.1f} ms",
+                )
+            )
+    if sc := results.get("scale"):
+        sizes = sorted((n for n in sc if n.isdigit()), key=int)
+        for n in sizes:
+            for store in ("embedded", "server"):
+                r = sc[n][store]
+                extra = f", server RSS {r['server_rss_mb']:.0f} MB" if "server_rss_mb" in r else ""
+                rows.append(
+                    info(
+                        f"{int(n):,} chunks, {store}: index / p50 / p95 / reader RSS",
+                        f"{r['index_wall_s']} s / {r['p50']:.1f} ms / {r['p95']:.1f} ms / "
+                        f"{r['rss_mb']:.0f} MB{extra}",
+                    )
+                )
+        if len(sizes) > 1:
+            for store in ("embedded", "server"):
+                ratio = sc[sizes[-1]][store]["p95"] / sc[sizes[0]][store]["p95"]
+                rows.append(
+                    (
+                        f"{store}: p95 at {int(sizes[-1]):,} / p95 at {int(sizes[0]):,}",
+                        f"{ratio:.2f}×",
+                        "≤ 3×",
+                        verdict(ratio <= 3),
+                    )
+                )
+    if ft := results.get("fault"):
+        rows.append(
+            info(
+                "fault run",
+                f"{ft['edits']} edits, {ft['edits_while_down']} while the server was down "
+                f"({ft['down_s']} s); pending up to {ft['pending_max_seen']}; caught up "
+                f"{ft['caught_up_after_last_edit_s']} s after the last edit",
+            )
+        )
+        rows.append(("edits lost", str(len(ft["lost"])), "0", verdict(not ft["lost"])))
+        ok = ft["equals_rebuild"] and ft["server_ids_equal_manifest"]
+        rows.append(
+            (
+                "index == rebuild from scratch; server ids == manifest ids",
+                f"{ft['equals_rebuild']}; {ft['server_ids_equal_manifest']} ({ft['chunks']} chunks)",
+                "both",
+                verdict(ok),
+            )
+        )
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", default="eval,scale,fault")
     ap.add_argument("--scifact", type=Path, default=SCIFACT, help="the BEIR SciFact folder")
     ap.add_argument("--eval-docs", type=int, default=1500, help="0: the whole corpus")
     ap.add_argument("--eval-queries", type=int, default=300)
+    ap.add_argument(
+        "--model-cache", type=Path, help="reuse an ONNX export of the model (default: a fresh one)"
+    )
     ap.add_argument("--scale", default="10000,100000")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--edits", type=int, default=200)
+    ap.add_argument("--merge", action="store_true", help="keep the other parts of the last results file")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--child-queries", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -392,104 +475,35 @@ def main() -> int:
         return 0
     offline(drop_kb_settings=True, log=say)
     parts = set(args.parts.split(","))
-    results: dict[str, Any] = {
+    previous = RESULTS / "bench_store.json"
+    results: dict[str, Any] = json.loads(previous.read_text()) if args.merge and previous.exists() else {}
+    results.update(machine=machine(), versions=versions())
+    runs = results.setdefault("runs", {})
+    run = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(),
         "loadavg_start": os.getloadavg(),
         "args": {k: str(v) for k, v in vars(args).items() if k != "child_queries"},
     }
-    rows: list[tuple[str, str, str, str]] = []
     with scratch("kb-bench-store-", args.keep, say) as tmp:
         if "eval" in parts and not (args.scifact / "corpus.jsonl.gz").is_file():
             print(f"SKIP: eval: no SciFact at {args.scifact} (--scifact PATH)")
         elif "eval" in parts:
-            ev = results["eval"] = part_eval(tmp, args)
-            e, s = ev["stores"]["embedded"], ev["stores"]["server"]
-            what = f"SciFact train, {ev['documents']} docs / {ev['queries']} queries / {ev['chunks']} chunks"
-            rows.append(info("eval corpus", what))
-            rows.append(
-                info("embedding once (embedded run, excluded below)", f"{ev['embedding_wall_s']:.1f} s")
-            )
-            rows.append(
-                (
-                    "nDCG@10 embedded / server",
-                    f"{e['ndcg@10']:.4f} / {s['ndcg@10']:.4f}",
-                    "identical",
-                    verdict(ev["identical_ndcg"]),
-                )
-            )
-            rows.append(
-                info(
-                    "index wall from cached vectors, embedded / server",
-                    f"{e['index_seconds']:.1f} s / {s['index_seconds']:.1f} s",
-                )
-            )
-            rows.append(
-                info(
-                    "search k=100 p50, embedded / server",
-                    f"{e['latency_ms_p50']:.1f} / {s['latency_ms_p50']:.1f} ms",
-                )
-            )
-            rows.append(
-                info(
-                    "search k=100 p95, embedded / server",
-                    f"{e['latency_ms_p95']:.1f} / {s['latency_ms_p95']:.1f} ms",
-                )
-            )
+            results["eval"] = part_eval(tmp, args)
+            runs["eval"] = run
         if "scale" in parts:
-            sc = results["scale"] = part_scale(tmp, args)
-            sizes = sorted(sc, key=int)
-            for n in sizes:
-                for store in ("embedded", "server"):
-                    r = sc[n][store]
-                    extra = f", server RSS {r['server_rss_mb']:.0f} MB" if "server_rss_mb" in r else ""
-                    rows.append(
-                        info(
-                            f"{int(n):,} chunks, {store}: index / p50 / p95 / reader RSS",
-                            f"{r['index_wall_s']} s / {r['p50']:.1f} ms / {r['p95']:.1f} ms / "
-                            f"{r['rss_mb']:.0f} MB{extra}",
-                        )
-                    )
-            if len(sizes) > 1:
-                for store in ("embedded", "server"):
-                    ratio = sc[sizes[-1]][store]["p95"] / sc[sizes[0]][store]["p95"]
-                    results.setdefault("scale_ratio", {})[store] = ratio
-                    rows.append(
-                        (
-                            f"{store}: p95 at {int(sizes[-1]):,} / p95 at {int(sizes[0]):,}",
-                            f"{ratio:.2f}×",
-                            "≤ 3×",
-                            verdict(ratio <= 3),
-                        )
-                    )
+            results["scale"] = part_scale(tmp, args)
+            runs["scale"] = run
         if "fault" in parts:
-            ft = results["fault"] = part_fault(tmp, args)
-            rows.append(
-                info(
-                    "fault run",
-                    f"{ft['edits']} edits, {ft['edits_while_down']} while the server was down "
-                    f"({ft['down_s']} s); pending up to {ft['pending_max_seen']}; caught up "
-                    f"{ft['caught_up_after_last_edit_s']} s after the last edit",
-                )
-            )
-            rows.append(("edits lost", str(len(ft["lost"])), "0", verdict(not ft["lost"])))
-            ok = ft["equals_rebuild"] and ft["server_ids_equal_manifest"]
-            rows.append(
-                (
-                    "index == rebuild from scratch; server ids == manifest ids",
-                    f"{ft['equals_rebuild']}; {ft['server_ids_equal_manifest']} ({ft['chunks']} chunks)",
-                    "both",
-                    verdict(ok),
-                )
-            )
-    results["loadavg_end"] = os.getloadavg()
-    results["rows"] = rows
+            results["fault"] = part_fault(tmp, args)
+            runs["fault"] = run
+    run["loadavg_end"] = os.getloadavg()
+    rows = results["rows"] = table(results)
     results["all_passed"] = all(r[3] != "**FAIL**" for r in rows)
     print_table(("metric", "measured", "bound", "result"), rows)
     print(
         f"\nRESULT: {'PASS' if results['all_passed'] else 'FAIL'}  "
-        f"(load average {results['loadavg_start']} -> {results['loadavg_end']})"
+        f"(load average {run['loadavg_start']} -> {run['loadavg_end']}; parts of earlier runs: "
+        f"{sorted(set(runs) - parts) or 'none'})"
     )
     say(f"wrote {write_results('bench_store', results)}")
     return 0
