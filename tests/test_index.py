@@ -218,7 +218,7 @@ def test_kb_index_exit_codes_2_and_4_from_the_cli(indexed: Path) -> None:
 KILLER = """
 import os, signal, sys
 from kb import KnowledgeBase
-from kb.backends.store import ChromaStore
+from kb.backends.store import ChromaCollection  # both stores' writes (embedded folder, Chroma server)
 from kb.index.indexer import Indexer
 from kb.index.manifest import Manifest
 
@@ -243,11 +243,11 @@ def before(cls, name, when=lambda *a: True):  # kill when cls.name is called
     setattr(cls, name, wrapper)
 
 if point == "after-upsert":      # new chunks are in Chroma; the manifest has not committed
-    after(ChromaStore, "upsert")
+    after(ChromaCollection, "upsert")
 elif point == "before-commit":   # every manifest row written, inside the uncommitted transaction
     before(Manifest, "stamp")
 elif point == "after-commit":    # the manifest committed; stale chunks still in Chroma
-    before(ChromaStore, "delete", lambda ids: len(ids) > 0)
+    before(ChromaCollection, "delete", lambda ids: len(ids) > 0)
 elif point == "after-delete":    # stale chunks deleted; reconcile not run
     before(Indexer, "reconcile")
 elif point == "before-prune":    # reconciled; the vector cache not pruned
