@@ -25,6 +25,7 @@ from kb.models import Answer, Hit, OnToken
 from kb.personas import Persona, get_persona, list_personas
 
 MAX_QUERY_CHARS = 4000
+READ_TRIES = 3  # a search is read again (at most this often) when a writer committed while it ran
 
 
 class Query:
@@ -67,10 +68,15 @@ class Query:
         query = clean_query(query)
         mode = mode or self.settings.search_mode
         filters = Filters.make(source_type, path)
-        manifest, store = self.engine.ready()
+        self.engine.ready()
         vector = self.engine.embedder.embed([query])[0] if mode != "bm25" else None
-        scored = self._rerank(manifest, query, retrieve(manifest, store, query, vector, k, mode, filters), k)
-        return hits_of(manifest, scored, k)
+        for _ in range(READ_TRIES):  # read again if a writer committed meanwhile: one state, never a mix
+            with self.engine.snapshot() as (manifest, store, seq):
+                scored = retrieve(manifest, store, query, vector, k, mode, filters)
+                hits = hits_of(manifest, self._rerank(manifest, query, scored, k), k)
+            if not self.engine.committed_since(seq):
+                break
+        return hits
 
     def _rerank(self, manifest: Manifest, query: str, scored: list[Scored], k: int) -> list[Scored]:
         reranker = self.reranker
@@ -95,20 +101,25 @@ class Query:
         qvec = self.engine.embedder.embed([question])[0]
         chosen, picked = self.choose_persona(qvec, persona or self.settings.persona)
         k = k or self.settings.top_k
-        manifest, store = self.engine.ready()
+        self.engine.ready()
         aspects = chosen.always_consider if chosen else []
         aspect_vectors = self.engine.embed_cached(self._aspect_texts(chosen))
-        scored = retrieve(manifest, store, question, qvec, k, mode, filters)
-        evidence = Evidence(question, hits_of(manifest, self._rerank(manifest, question, scored, k), k))
-        # The persona's priorities decide what further evidence is looked for: the question, steered towards
-        # each priority.
-        for aspect, vec in zip(aspects, aspect_vectors, strict=True):
-            steered = qvec + vec
-            steered /= max(float((steered @ steered) ** 0.5), 1e-12)
-            evidence.aspects[aspect.label] = hits_of(
-                manifest, retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8), 3
-            )
-            evidence.aspect_vectors[aspect.label] = vec
+        for _ in range(READ_TRIES):  # read again if a writer committed meanwhile: one state, never a mix
+            with self.engine.snapshot() as (manifest, store, seq):
+                scored = retrieve(manifest, store, question, qvec, k, mode, filters)
+                evidence = Evidence(
+                    question, hits_of(manifest, self._rerank(manifest, question, scored, k), k)
+                )
+                # The persona's priorities decide what further evidence is looked for: the question, steered
+                # towards each priority.
+                for aspect, vec in zip(aspects, aspect_vectors, strict=True):
+                    steered = qvec + vec
+                    steered /= max(float((steered @ steered) ** 0.5), 1e-12)
+                    found = retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8)
+                    evidence.aspects[aspect.label] = hits_of(manifest, found, 3)
+                    evidence.aspect_vectors[aspect.label] = vec
+            if not self.engine.committed_since(seq):
+                break
         answerer = make_answerer(  # llm None: the injected generator, else the `llm` setting
             llm,
             self.settings,
