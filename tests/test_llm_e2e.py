@@ -82,7 +82,9 @@ def check_verified(ws: Path, data: dict[str, Any]) -> None:
     """Every sentence the model wrote is accounted for; the shown ones are supported by a citation whose
     quote is at its lines; the others are not shown. An abstained answer shows nothing the model wrote."""
     assert data["backend"] == "openai-compatible"
-    assert data["sentences"], "what the model wrote is accounted for, sentence by sentence"
+    if not data["sentences"]:  # the draft held only the model's own "cannot answer" (or prompt echoes)
+        assert data["abstained"] and data["answer"] == CANNOT_ANSWER and not data["citations"], data
+        return
     assert "http" not in data["answer"] and "![" not in data["answer"]
     if data["abstained"]:
         assert not any(s["supported"] for s in data["sentences"]), (
