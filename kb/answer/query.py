@@ -8,13 +8,18 @@ from the manifest, near-duplicates folded) → per persona priority, a steered d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from kb.answer.answerers import make_answerer
-from kb.answer.extractive import Evidence
+from kb.answer.compose import entities
+from kb.answer.evidence import Evidence
+from kb.answer.fresh import CurrentLines
+from kb.answer.priors import TEAM_TYPES
 from kb.answer.retrieval import Filters, Scored, near_duplicate, rerank, retrieve, word_set
 from kb.backends.llm import Generator
 from kb.backends.rerank import Reranker, make_reranker
@@ -25,6 +30,9 @@ from kb.models import Answer, Hit, OnToken
 from kb.personas import Persona, get_persona, list_personas
 
 MAX_QUERY_CHARS = 4000
+#: Hits retrieved from the team's own sources (context files, PRDs) besides the question's top k.
+TEAM_HITS = 6
+_OWNS = re.compile(r"\bown", re.I)  # a context file "I use" for who owns what: the team directory
 
 
 class Query:
@@ -69,7 +77,8 @@ class Query:
         filters = Filters.make(source_type, path)
         manifest, store = self.engine.ready()
         vector = self.engine.embedder.embed([query])[0] if mode != "bm25" else None
-        scored = self._rerank(manifest, query, retrieve(manifest, store, query, vector, k, mode, filters), k)
+        found = retrieve(manifest, store, query, vector, k, mode, filters, embed=self.engine.embed_cached)
+        scored = self._rerank(manifest, query, found, k)
         return hits_of(manifest, scored, k)
 
     def _rerank(self, manifest: Manifest, query: str, scored: list[Scored], k: int) -> list[Scored]:
@@ -88,27 +97,13 @@ class Query:
         path: str | Sequence[str] | None = None,
         llm: str | None = None,
         on_token: OnToken | None = None,
+        stale: Collection[str] = (),
     ) -> Answer:
-        question = clean_query(question)
-        mode = mode or self.settings.search_mode
-        filters = Filters.make(source_type, path)
-        qvec = self.engine.embedder.embed([question])[0]
-        chosen, picked = self.choose_persona(qvec, persona or self.settings.persona)
-        k = k or self.settings.top_k
-        manifest, store = self.engine.ready()
-        aspects = chosen.always_consider if chosen else []
-        aspect_vectors = self.engine.embed_cached(self._aspect_texts(chosen))
-        scored = retrieve(manifest, store, question, qvec, k, mode, filters)
-        evidence = Evidence(question, hits_of(manifest, self._rerank(manifest, question, scored, k), k))
-        # The persona's priorities decide what further evidence is looked for: the question, steered towards
-        # each priority.
-        for aspect, vec in zip(aspects, aspect_vectors, strict=True):
-            steered = qvec + vec
-            steered /= max(float((steered @ steered) ** 0.5), 1e-12)
-            evidence.aspects[aspect.label] = hits_of(
-                manifest, retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8), 3
-            )
-            evidence.aspect_vectors[aspect.label] = vec
+        """A grounded answer; ``stale``: indexed sources that changed on disk since they were indexed (their
+        quotes are checked against the file as it is now, :mod:`kb.answer.fresh`)."""
+        evidence, chosen, picked = self.evidence(
+            question, persona=persona, k=k, mode=mode, source_type=source_type, path=path, stale=stale
+        )
         answerer = make_answerer(  # llm None: the injected generator, else the `llm` setting
             llm,
             self.settings,
@@ -121,6 +116,58 @@ class Query:
         answer = answerer.answer(evidence, chosen)
         answer.persona_picked = picked
         return answer
+
+    def evidence(
+        self,
+        question: str,
+        *,
+        persona: str | None = None,
+        k: int | None = None,
+        mode: str | None = None,
+        source_type: str | Sequence[str] | None = None,
+        path: str | Sequence[str] | None = None,
+        stale: Collection[str] = (),
+    ) -> tuple[Evidence, Persona | None, bool]:
+        """What an answerer gets for ``question``: the hits; the team's own hits (context files and PRDs,
+        retrieved on their own so resources cannot crowd them out); per persona priority, the question steered
+        towards it; the team directory's hits on a service the question names. Also the persona and whether
+        kb picked it."""
+        question = clean_query(question)
+        mode = mode or self.settings.search_mode
+        filters = Filters.make(source_type, path)
+        qvec = self.engine.embedder.embed([question])[0]
+        chosen, picked = self.choose_persona(qvec, persona or self.settings.persona)
+        k = k or self.settings.top_k
+        manifest, store = self.engine.ready()
+        embed = self.engine.embed_cached
+        reads_first = [f for f, _ in chosen.context_files] if chosen else []
+
+        def hits(query: str, vec: np.ndarray, n: int, flt: Filters, rerank: bool = False) -> list[Hit]:
+            found = retrieve(manifest, store, query, vec, n, mode, flt, embed=embed, boost=reads_first)
+            return hits_of(manifest, self._rerank(manifest, query, found, n) if rerank else found, n)
+
+        evidence = Evidence(question, hits(question, qvec, k, filters, rerank=True))
+        evidence.still_there = CurrentLines(
+            self.engine.workspace.root, stale, int(self.settings.max_file_mb * 1024 * 1024)
+        )
+        team = Filters.make([t for t in TEAM_TYPES if not filters.source_types or t in filters.source_types], path)
+        if team.source_types:
+            evidence.team = whole_sections(manifest, hits(question, qvec, TEAM_HITS, team))
+        evidence.entities = entities(question)
+        directory = [f for f, why in (chosen.context_files if chosen else []) if _OWNS.search(why)]
+        if evidence.entities and directory:
+            query = f"{question} {' '.join(evidence.entities)} owner"
+            evidence.owners = hits(query, qvec, 3, Filters.make(None, directory))
+        # The persona's priorities decide what further evidence is looked for: the question, steered towards
+        # each priority.
+        aspects = chosen.always_consider if chosen else []
+        for aspect, vec in zip(aspects, self.engine.embed_cached(self._aspect_texts(chosen)), strict=True):
+            steered = qvec + vec
+            steered /= max(float((steered @ steered) ** 0.5), 1e-12)
+            found = retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8, priors=False)
+            evidence.aspects[aspect.label] = hits_of(manifest, found, 3)
+            evidence.aspect_vectors[aspect.label] = vec
+        return evidence, chosen, picked
 
     def persona(self, name: str) -> Persona:
         return get_persona(name, self.engine.workspace.personas_dir)
@@ -167,6 +214,23 @@ def clean_query(text: str) -> str:
             'The question is empty. Ask something, e.g.: kb ask "Who owns the notifications service?"'
         )
     return text[:MAX_QUERY_CHARS]
+
+
+def whole_sections(manifest: Manifest, hits: list[Hit]) -> list[Hit]:
+    """``hits``, each followed by the other chunks of its section (a team's section is its answer: an answer
+    quotes it whole, not the one chunk that matched), with the hit's score."""
+    out: list[Hit] = []
+    seen = {h.chunk_id for h in hits}
+    files: dict[str, list[Any]] = {}
+    for h in hits:
+        out.append(h)
+        if h.path not in files:
+            files[h.path] = manifest.chunks_of(h.path)
+        for row in files[h.path]:
+            if row.heading == h.heading and row.id not in seen:
+                seen.add(row.id)
+                out.append(replace(h, chunk_id=row.id, start_line=row.start_line, end_line=row.end_line, text=row.text))
+    return out
 
 
 def hits_of(manifest: Manifest, scored: list[Scored], k: int, fold: bool = True) -> list[Hit]:

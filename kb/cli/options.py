@@ -48,19 +48,28 @@ PathOpt = Annotated[
 ]
 
 
-def library(workspace: str | None) -> KnowledgeBase:
-    """The workspace's knowledge base in this process (imports the index stack)."""
+NoRefreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-refresh",
+        help="Do not re-index sources that changed since they were indexed; report them as stale instead.",
+    ),
+]
+
+
+def library(workspace: str | None, **overrides: Any) -> KnowledgeBase:
+    """The workspace's knowledge base in this process (imports the index stack); ``overrides``: settings."""
     from kb.api import KnowledgeBase
 
-    return KnowledgeBase.open(workspace)
+    return KnowledgeBase.open(workspace, **overrides)
 
 
-def serving(workspace: str | None) -> Service:
+def serving(workspace: str | None, **overrides: Any) -> Service:
     """The live ``kb watch`` of the workspace when one runs (it owns the index: fresh results, no cold start,
-    a thin import path; see :mod:`kb.serve.client`), else the library."""
+    a thin import path; see :mod:`kb.serve.client`), else the library (with settings ``overrides``)."""
     from kb.serve.client import connect
 
-    return connect(workspace) or library(workspace)
+    return connect(workspace) or library(workspace, **overrides)
 
 
 def progress_bar(json_out: bool) -> ProgressReporter:

@@ -13,12 +13,13 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ingest.discovery import discover
+from ingest.discovery import discover, discover_paths
 from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
 from kb.backends.embedders import Embedder, LockedEmbedder, make_embedder
 from kb.backends.store import ChromaStore, Store
@@ -26,7 +27,7 @@ from kb.errors import EmptyIndexError, IndexCorruptError, IndexLockedError
 from kb.index.indexer import Indexer, Progress, Scope, collection_name, fingerprint, text_hash
 from kb.index.manifest import Manifest
 from kb.locks import Busy, file_lock
-from kb.models import IndexReport, SourceStatus, Status, WatcherStatus
+from kb.models import Freshness, IndexReport, SourceStatus, Status, WatcherStatus
 from kb.settings import Settings
 from kb.workspace import Workspace
 
@@ -200,6 +201,49 @@ class IndexEngine:
             s.path for s in skipped if s.path in old and not s.reason.startswith(("cannot", "permission"))
         }
         return dirty
+
+    def stale_paths(self) -> list[str]:
+        """Indexed sources whose file changed (size or mtime) or vanished since they were indexed: a stat per
+        file, nothing read ([] when nothing is indexed)."""
+        if not self.has_index():
+            return []
+        known = self.reader().sources()
+        return sorted(p for p in self.changed_paths() if p in known)
+
+    def refresh(self, max_files: int) -> Freshness:
+        """Re-index what changed on disk since it was indexed (at most ``max_files`` files, in one targeted
+        incremental run), before a one-shot search or answer; what is left is reported as ``stale``.
+
+        Nothing is done when nothing is indexed or the index was built with other settings (the query says
+        so). A write lock held by another process, or a read-only index, leaves the changes stale.
+        """
+        started = time.perf_counter()
+        out = Freshness()
+        if not self.has_index() or self.reader().get_meta("fingerprint") != self.fingerprint:
+            return out
+        known = self.reader().sources()
+        changed = self.changed_paths()
+        if changed and len(changed) <= max_files:
+            settings = self.settings
+            cands, skipped = discover_paths(
+                self.workspace.root,
+                DEFAULT_INCLUDE + settings.include,
+                settings.exclude,
+                int(settings.max_file_mb * 1024 * 1024),
+                changed,
+            )
+            try:
+                self.index(scope=(cands, skipped, sorted(changed | {c.path for c in cands})))
+                out.refreshed = sorted(changed)
+                changed = set()
+            except (IndexLockedError, OSError, sqlite3.Error) as exc:
+                out.reason = str(exc).split("\n")[0]
+                log.info("could not re-index changed sources before answering: %s", out.reason)
+        elif changed:
+            out.reason = f"{len(changed)} files changed, more than refresh_max_files ({max_files})"
+        out.stale = sorted(p for p in changed if p in known)
+        out.ms = round((time.perf_counter() - started) * 1000, 2)
+        return out
 
     def paths_under(self, folders: set[str]) -> set[str]:
         """Every path under ``folders`` (relative), on disk or in the index: what a folder event may have
