@@ -7,7 +7,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ def prepare_workspace(ws: Path, corpus: Path, model_cache: Path, log: Log) -> Pa
     return ws
 
 
-# --- retrieval priors ------------------------------------------------------------------------------------------
+# --- retrieval priors -------------------------------------------------------------------------------------
 RETRIEVAL_GRID: dict[str, list[float]] = {
     "heading_weight": [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
     "heading_floor": [0.3, 0.4, 0.45, 0.5, 0.6],
@@ -83,12 +83,20 @@ def tune_retrieval(kb: KnowledgeBase, items: list[Labelled], log: Log, k: int = 
             scores = {v: mrr({**current, name: v}) for v in grid}
             best = max(scores.values())
             current[name] = min(v for v, s in scores.items() if s == best)  # ties: the smallest change
-            trail.append({"params": dict(current), "mrr": best, "tried": {str(v): s for v, s in scores.items()}})
+            trail.append(
+                {"params": dict(current), "mrr": best, "tried": {str(v): s for v, s in scores.items()}}
+            )
             log(f"retrieval: {name} = {current[name]} (tune MRR {best})")
-    return {"questions": len(base), "without_priors_mrr": start, "chosen": current, "mrr": trail[-1]["mrr"], "trail": trail}
+    return {
+        "questions": len(base),
+        "without_priors_mrr": start,
+        "chosen": current,
+        "mrr": trail[-1]["mrr"],
+        "trail": trail,
+    }
 
 
-# --- the answer's bars -----------------------------------------------------------------------------------------
+# --- the answer's bars ------------------------------------------------------------------------------------
 LEAD_GRID: dict[str, list[Any]] = {
     "lead_min": [0.3, 0.35, 0.4, 0.45, 0.5, 0.55],
     "section_gap": [0.05, 0.1, 0.15, 0.2, 0.3],
@@ -118,7 +126,11 @@ EXTRA_GRID: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
         {"aspect_relevance": 1.0},
     ),
     "resource guidance": (
-        [{"resource_min": m, "resource_max": n} for m in (0.7, 0.65, 0.6, 0.55, 0.5, 0.45) for n in (1, 2, 3)],
+        [
+            {"resource_min": m, "resource_max": n}
+            for m in (0.7, 0.65, 0.6, 0.55, 0.5, 0.45)
+            for n in (1, 2, 3)
+        ],
         {"resource_min": 1.0},
     ),
 }
@@ -149,7 +161,10 @@ def objective(summary: Any) -> float:
 
 
 def meets_bounds(summary: Any) -> bool:
-    return all((getattr(summary, name) or 0.0) >= bound for name, bound in TARGETS.items()) and objective(summary) > 0
+    return (
+        all((getattr(summary, name) or 0.0) >= bound for name, bound in TARGETS.items())
+        and objective(summary) > 0
+    )
 
 
 def tune_answers(kb: KnowledgeBase, items: list[Labelled], log: Log) -> dict[str, Any]:
@@ -167,7 +182,9 @@ def tune_answers(kb: KnowledgeBase, items: list[Labelled], log: Log) -> dict[str
         log(f"context_boost {boost}: tune objective {results[boost]['objective']}")
     top = max(r["objective"] for r in results.values())
     # ties (within 1e-4): the value closest to the designed one
-    chosen_boost = min((b for b, r in results.items() if r["objective"] >= top - 1e-4), key=lambda b: abs(b - design))
+    chosen_boost = min(
+        (b for b, r in results.items() if r["objective"] >= top - 1e-4), key=lambda b: abs(b - design)
+    )
     best = results[chosen_boost]
     priors.CONTEXT_BOOST = design
     return {
@@ -193,7 +210,9 @@ def _tune_bars(
         return out
 
     def run(cal: Calibration) -> Any:
-        return summarize([score_answer(it, a, root) for (it, *_), a in zip(prepared, answers(cal), strict=True)])
+        return summarize(
+            [score_answer(it, a, root) for (it, *_), a in zip(prepared, answers(cal), strict=True)]
+        )
 
     off: dict[str, Any] = {}
     for _, closed in EXTRA_GRID.values():
@@ -239,7 +258,11 @@ def _tune_bars(
             current = replace(current, **found[0])
         elif not seen:  # the tuning half never calls for this section: it keeps kb's default
             keep = {k: getattr(default, k) for k in closed}
-            extras[section] = {"setting": keep, "sentences": 0, "note": "no question of the tuning half shows it"}
+            extras[section] = {
+                "setting": keep,
+                "sentences": 0,
+                "note": "no question of the tuning half shows it",
+            }
             current = replace(current, **keep)
         else:
             extras[section] = None
@@ -269,6 +292,8 @@ def _extra_precision(prepared: list[Any], base: list[Answer], new: list[Answer])
                 continue
             n += 1
             good += any(
-                label_matches(lb, cites[i].path, cites[i].heading) for i in s.citations for lb in it.team + it.resources
+                label_matches(lb, cites[i].path, cites[i].heading)
+                for i in s.citations
+                for lb in it.team + it.resources
             )
     return n, good

@@ -35,18 +35,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from answer_tuning import RESOURCES, prepare_workspace, tune_answers, tune_retrieval
-from common import CORPUS, PROJECT, child_env, logger, machine, offline, print_table, scratch, verdict, write_results
+from answer_tuning import prepare_workspace, tune_answers, tune_retrieval
+from common import (
+    CORPUS,
+    PROJECT,
+    child_env,
+    logger,
+    machine,
+    offline,
+    print_table,
+    scratch,
+    verdict,
+    write_results,
+)
 
 from kb import KnowledgeBase
 from kb.evaluate_answers import AnswersReport, read_answer_set
@@ -92,15 +102,17 @@ def rows_of(report: AnswersReport, bounds: dict[str, tuple[float, str]], label: 
         ):
             if metric in bounds:
                 b, op = bounds[metric]
-                rows.append((f"{label} {name}: {metric}", s[metric], f"{op} {b}", verdict(check(s[metric], b, op))))
+                rows.append(
+                    (f"{label} {name}: {metric}", s[metric], f"{op} {b}", verdict(check(s[metric], b, op)))
+                )
             else:
                 rows.append((f"{label} {name}: {metric}", s[metric], "—", "info"))
     return rows
 
 
 def freshness(tmp: Path, runs: int) -> dict[str, Any]:
-    """The stat-only check and refreshes on a 1,000-file workspace (a fake embedder indexes it quickly: what is
-    measured is the check, which reads no file)."""
+    """The stat-only check and refreshes on a 1,000-file workspace (a fake embedder indexes it quickly:
+    what is measured is the check, which reads no file)."""
     ws = tmp / "fresh-ws"
     for i in range(1000):
         folder = ws / ".workos" / "context" / f"team-{i % 20:02d}"
@@ -143,7 +155,9 @@ kb = KnowledgeBase.open(sys.argv[1])
 kb.ask(sys.argv[2], persona="backend-engineer")
 times = []
 for _ in range(int(sys.argv[3])):
-    t = time.perf_counter(); kb.ask(sys.argv[2], persona="backend-engineer"); times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    kb.ask(sys.argv[2], persona="backend-engineer")
+    times.append(time.perf_counter() - t)
 print(json.dumps(times))
 """
 
@@ -156,9 +170,23 @@ def timings(ws: Path, model_cache: Path, checkouts: dict[str, Path], runs: int) 
             env = {**child_env(model_cache), "PYTHONPATH": str(root)}
             t = time.perf_counter()
             r = subprocess.run(
-                [sys.executable, "-m", "kb", "ask", COLD_QUESTION, "--persona", "backend-engineer", "--json",
-                 "--workspace", str(ws)],
-                capture_output=True, text=True, env=env, cwd=root, timeout=600,
+                [
+                    sys.executable,
+                    "-m",
+                    "kb",
+                    "ask",
+                    COLD_QUESTION,
+                    "--persona",
+                    "backend-engineer",
+                    "--json",
+                    "--workspace",
+                    str(ws),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=root,
+                timeout=600,
             )
             out[name]["cold_s"].append(round(time.perf_counter() - t, 3))
             if r.returncode not in (0, 3):
@@ -167,7 +195,11 @@ def timings(ws: Path, model_cache: Path, checkouts: dict[str, Path], runs: int) 
         env = {**child_env(model_cache), "PYTHONPATH": str(root)}
         r = subprocess.run(
             [sys.executable, "-c", _WARM, str(ws), COLD_QUESTION, str(max(runs, 5))],
-            capture_output=True, text=True, env=env, cwd=root, timeout=900,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=root,
+            timeout=900,
         )
         if r.returncode:
             raise RuntimeError(f"warm asks ({name}) failed: {r.stderr[-500:]}")
@@ -180,16 +212,28 @@ def timings(ws: Path, model_cache: Path, checkouts: dict[str, Path], runs: int) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workspace", type=Path, help="a prepared workspace (data/ + the four resources, indexed)")
+    ap.add_argument(
+        "--workspace", type=Path, help="a prepared workspace (data/ + the four resources, indexed)"
+    )
     ap.add_argument("--tune", action="store_true", help="choose the answer bars on the tuning half")
-    ap.add_argument("--tune-retrieval", action="store_true", help="choose the retrieval priors on the tuning half")
+    ap.add_argument(
+        "--tune-retrieval", action="store_true", help="choose the retrieval priors on the tuning half"
+    )
     ap.add_argument("--no-llm", action="store_true", help="skip the language model")
-    ap.add_argument("--llm-questions", type=int, default=0, help="LLM: first N questions of each half (0: all)")
-    ap.add_argument("--baseline", type=Path, help="another checkout whose kb ask timings are measured alongside")
+    ap.add_argument(
+        "--llm-questions", type=int, default=0, help="LLM: first N questions of each half (0: all)"
+    )
+    ap.add_argument(
+        "--baseline", type=Path, help="another checkout whose kb ask timings are measured alongside"
+    )
     ap.add_argument("--runs", type=int, default=3, help="cold/warm kb ask repetitions, freshness repetitions")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    ap.add_argument("--corpus", type=Path, default=CORPUS, help="the offline resource copies (../shared/resources)")
-    ap.add_argument("--model-cache", type=Path, help="where the model's ONNX export is kept (default: temporary)")
+    ap.add_argument(
+        "--corpus", type=Path, default=CORPUS, help="the offline resource copies (../shared/resources)"
+    )
+    ap.add_argument(
+        "--model-cache", type=Path, help="where the model's ONNX export is kept (default: temporary)"
+    )
     ap.add_argument("--only-tune", action="store_true", help="stop after --tune / --tune-retrieval")
     args = ap.parse_args()
     if not args.corpus.is_dir():
@@ -221,25 +265,54 @@ def main() -> int:
         result["extractive"] = extractive.to_dict()
         rows = rows_of(extractive, BOUNDS, "extractive")
         if not args.no_llm and llama_server_missing() is None:
-            chosen = [it for half in ("tune", "report") for it in [i for i in items if i.split == half][: args.llm_questions or None]]
+            chosen = [
+                it
+                for half in ("tune", "report")
+                for it in [i for i in items if i.split == half][: args.llm_questions or None]
+            ]
             subset = tmp / "llm-questions.jsonl"
             subset.write_text("".join(json.dumps(asdict(i)) + "\n" for i in chosen))
             say(f"model answers on {len(chosen)} questions (SmolLM2-135M, llama.cpp server) ...")
             with LlamaServer(tmp / "server.log", n_ctx=2048) as url:
                 llm_kb = KnowledgeBase.open(
-                    ws, model_cache_dir=model_cache, embedder=kb.embedder, llm_base_url=url, top_k=3,
-                    llm_context_window=2048, llm_max_tokens=160, llm_timeout=600,
+                    ws,
+                    model_cache_dir=model_cache,
+                    embedder=kb.embedder,
+                    llm_base_url=url,
+                    top_k=3,
+                    llm_context_window=2048,
+                    llm_max_tokens=160,
+                    llm_timeout=600,
                 )
                 model = llm_kb.evaluate_answers(subset, llm="openai-compatible")
             result["llm"] = model.to_dict()
             rows += rows_of(model, LLM_BOUNDS, "SmolLM2")
         say("freshness check on a 1,000-file workspace ...")
         result["freshness"] = fresh = freshness(tmp, args.runs)
-        rows.append(("freshness: stale_paths() on 1,000 files, median ms", fresh["check_ms_median"], "—", "info"))
-        rows.append(("freshness: refresh, nothing changed, median ms", fresh["refresh_nothing_changed_ms_median"], "—", "info"))
-        rows.append(("freshness: refresh, 10 files changed, median ms", fresh["refresh_10_changed_ms_median"], "—", "info"))
+        rows.append(
+            ("freshness: stale_paths() on 1,000 files, median ms", fresh["check_ms_median"], "—", "info")
+        )
+        rows.append(
+            (
+                "freshness: refresh, nothing changed, median ms",
+                fresh["refresh_nothing_changed_ms_median"],
+                "—",
+                "info",
+            )
+        )
+        rows.append(
+            (
+                "freshness: refresh, 10 files changed, median ms",
+                fresh["refresh_10_changed_ms_median"],
+                "—",
+                "info",
+            )
+        )
         say("kb ask cold and warm ...")
-        checkouts = {"this checkout": PROJECT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+        checkouts = {
+            "this checkout": PROJECT,
+            **({"baseline": args.baseline.resolve()} if args.baseline else {}),
+        }
         result["timings"] = times = timings(ws, model_cache, checkouts, args.runs)
         for name, t in times.items():
             rows.append((f"kb ask cold, median s ({name})", t["cold_median_s"], "—", "info"))
@@ -248,7 +321,9 @@ def main() -> int:
             for kind in ("cold", "warm"):
                 now, then = times["this checkout"][f"{kind}_median_s"], times["baseline"][f"{kind}_median_s"]
                 ok = now <= then * 1.10 + 0.05
-                rows.append((f"kb ask {kind}: this / baseline", round(now / then, 3), "<= 1.10 (+50 ms)", verdict(ok)))
+                rows.append(
+                    (f"kb ask {kind}: this / baseline", round(now / then, 3), "<= 1.10 (+50 ms)", verdict(ok))
+                )
         kb.close()
     result["load_average"] = {"start": load_start, "end": os.getloadavg()}
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -257,7 +332,9 @@ def main() -> int:
     print_table(("metric", "measured", "bound", "pass/fail"), rows)
     fails = [r[0] for r in rows if r[3] == verdict(False)]
     print(f"\nRESULT: {'PASS' if not fails else 'FAIL (' + '; '.join(fails) + ')'}")
-    print(f"(load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; {result['seconds']} s)")
+    print(
+        f"(load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; {result['seconds']} s)"
+    )
     write_results("bench_answers", result)
     return 0
 

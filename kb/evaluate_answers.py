@@ -4,7 +4,8 @@ Each line of the file is one question with its labels::
 
     {"question": "What's the right caching strategy?", "persona": "backend-engineer", "kind": "consult",
      "answer_sections": [".workos/context/tech-stack.md#Caching strategy"],
-     "team": [".workos/context/tech-stack.md#Caching strategy", ".workos/context/architecture-decisions.md#ADR-008: ..."],
+     "team": [".workos/context/tech-stack.md#Caching strategy",
+              ".workos/context/architecture-decisions.md#ADR-008: Cache-aside with Redis"],
      "resources": [".workos/resources/github.com-donnemartin-system-design-primer/README.md#Cache"],
      "facts": ["cache-aside", "TTL", "deletes the affected cache keys|deletion of cache keys"],
      "split": "tune"}
@@ -80,7 +81,9 @@ def read_answer_set(path: str | Path) -> list[Labelled]:
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{file} line {n} is not JSON ({exc.msg}).") from None
         if not isinstance(item, dict) or not isinstance(item.get("question"), str):
-            raise DatasetError(f'{file} line {n}: expected {{"question": "...", "team": [...], "facts": [...]}}.')
+            raise DatasetError(
+                f'{file} line {n}: expected {{"question": "...", "team": [...], "facts": [...]}}.'
+            )
         unknown = set(item) - names
         if unknown:
             raise DatasetError(f"{file} line {n}: unknown field(s) {', '.join(sorted(unknown))}.")
@@ -104,9 +107,10 @@ def label_matches(label: str, path: str, heading: str) -> bool:
     return want_heading.strip().lower() in parts
 
 
-# --- the independent checks ----------------------------------------------------------------------------------
+# --- the independent checks -------------------------------------------------------------------------------
 _STOP = set(
-    "a an the and or but if then than that this these those is are was were be been being do does did has have "
+    "a an the and or but if then than that this these those is are was were be been being do does did has "
+    "have "
     "had of in on at to for from by with as into it its we our you your they their not no can could should "
     "would will may might must so such also which who what when where why how all any each more most other "
     "some only own same very just there here per via up out".split()
@@ -115,7 +119,9 @@ _END = re.compile(r"[.!?](?:[\"'”’)\]*_`]*)$")
 
 
 def _words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and (len(w) > 2 or w.isdigit())}
+    return {
+        w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and (len(w) > 2 or w.isdigit())
+    }
 
 
 def _numbers(text: str) -> set[str]:
@@ -158,7 +164,7 @@ def _quote_at(root: Path, path: str, start: int, end: int, quote: str, cache: di
     return bool(window) and " ".join(quote.split()) in window
 
 
-# --- scoring -------------------------------------------------------------------------------------------------
+# --- scoring ----------------------------------------------------------------------------------------------
 @dataclass
 class AnswerScore:
     question: str
@@ -259,7 +265,9 @@ def summarize(scores: list[AnswerScore], ranks: list[int | None] | None = None) 
         questions=len(scores),
         answered=len(answered),
         leads_with_team_context=mean([float(bool(s.leads)) for s in scores if s.leads is not None]),
-        flags_no_team_context=mean([float(bool(s.flags_no_team)) for s in scores if s.flags_no_team is not None]),
+        flags_no_team_context=mean(
+            [float(bool(s.flags_no_team)) for s in scores if s.flags_no_team is not None]
+        ),
         sentence_precision=round(sum(s.precise for s in scores) / shown, 4) if shown else 0.0,
         key_fact_recall=mean([s.fact_recall for s in scores]) or 0.0,
         fragments=sum(len(s.fragments) for s in scores),
@@ -288,7 +296,10 @@ class AnswersReport:
             "backend": self.backend,
             "search_k": self.k,
             **{name: asdict(s) for name, s in self.splits.items()},
-            "results": [{**asdict(r), "retrieval_rank": rank} for r, rank in zip(self.results, self.ranks, strict=True)],
+            "results": [
+                {**asdict(r), "retrieval_rank": rank}
+                for r, rank in zip(self.results, self.ranks, strict=True)
+            ],
         }
 
 

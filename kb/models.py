@@ -79,8 +79,9 @@ class Hit(_Dict):
 
 
 class Hits(list[Hit]):
-    """What a search returns: the hits, best first (a list), and how fresh the index was for them: ``stale``
-    lists indexed sources that changed on disk and were not re-indexed, ``refreshed`` those re-indexed first."""
+    """What a search returns: the hits, best first (a list), and how fresh the index was for them:
+    ``stale`` lists indexed sources that changed on disk and were not re-indexed, ``refreshed`` those
+    re-indexed first."""
 
     def __init__(self, hits: Iterable[Hit] = (), stale: Iterable[str] = (), refreshed: Iterable[str] = ()):
         super().__init__(hits)

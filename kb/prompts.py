@@ -8,12 +8,12 @@ PERSONA_PICKED = "Answering as {title} (picked for this question; choose another
 LINK_REMOVED = "[link removed]"
 DRAFT_HEADER = "model draft (unverified; the checked answer follows):"
 STALE_SOURCES = (
-    "{n} source(s) changed on disk since they were indexed and were not re-indexed: {paths}. Quotes from them "
-    "are shown only where they are still at their lines. Run: kb index"
+    "{n} source(s) changed on disk since they were indexed and were not re-indexed: {paths}. Quotes from "
+    "them are shown only where they are still at their lines. Run: kb index"
 )
 REFRESHED_SOURCES = "Re-indexed {n} changed source(s) first: {paths}"
 
-# --- the sections of an extractive answer (kb/answer/compose.py) ---------------------------------------------
+# --- the sections of an extractive answer (kb/answer/compose.py) ----------------------------------------
 TRADE_OFFS = "Trade-offs"
 OWNER = "Who owns it"
 GUIDANCE = "General guidance from the recommended resources"
@@ -42,8 +42,9 @@ Write no sentence you cannot cite.
 4. If the sources do not answer the question, reply exactly: {cannot_answer}
 5. Write plain sentences. Do not write URLs, links, images or HTML.
 6. Sources marked "team" after their location are the team's own context files, decisions (ADRs) and
-requirements (PRDs); sources marked "resource" are general guidance. Start with what the team decided or requires, then the trade-offs the
-sources state (the reasons, the costs, what was ruled out), then general guidance."""
+requirements (PRDs); sources marked "resource" are general guidance. Start with what the team decided or
+requires, then the trade-offs the sources state (the reasons, the costs, what was ruled out), then general
+guidance."""
 
 SOURCE_BLOCK = """<<<BEGIN SOURCE [{n}] {boundary}>>>
 from: {location} · {kind}

@@ -188,9 +188,9 @@ class Settings(BaseSettings):
     )
     refresh: bool = Field(
         True,
-        description="Before a search or an answer with no kb watch running, re-index the sources that changed "
-        "on disk since they were indexed (a stat per file; kb ask/search --no-refresh turns it off, and then "
-        "the changed sources are reported as stale).",
+        description="Before a search or an answer with no kb watch running, re-index the sources that "
+        "changed on disk since they were indexed (a stat per file; kb ask/search --no-refresh turns it off, "
+        "and then the changed sources are reported as stale).",
     )
     refresh_max_files: int = Field(
         200,

@@ -30,7 +30,7 @@ def hit(text: str, start: int = 10, source_type: str = "resource") -> Hit:
     return Hit(1, 1.0, "doc.md", start, start + text.count("\n"), "Doc › Part", text, source_type)
 
 
-# --- self-contained units ---------------------------------------------------------------------------------------
+# --- self-contained units ------------------------------------------------------------------------------
 def test_a_list_introduction_comes_with_its_items_or_not_at_all() -> None:
     text = (
         "Caching improves page load times.\n\nSuggestions of what to cache:\n\n* User sessions\n"
@@ -50,7 +50,10 @@ def test_a_list_introduction_comes_with_its_items_or_not_at_all() -> None:
 
 
 def test_table_rows_carry_their_header_and_both_are_cited() -> None:
-    text = "| Service | Owning team |\n|---|---|\n| ledger-api | Billing |\n| notifications-service | Engagement |"
+    text = (
+        "| Service | Owning team |\n|---|---|\n| ledger-api | Billing |\n"
+        "| notifications-service | Engagement |"
+    )
     units = units_of(hit(text, start=40, source_type="context"))
     assert [u.text for u in units] == [
         "Service: ledger-api; Owning team: Billing.",
@@ -78,7 +81,7 @@ def test_no_heading_like_fragments_bare_links_or_lost_link_text() -> None:
 
 
 def test_every_unit_quote_is_at_its_lines_of_a_real_file(tmp_path: Path) -> None:
-    doc = (ROOT.parent / "shared" / "resources" / "system-design-primer" / "README.md")
+    doc = ROOT.parent / "shared" / "resources" / "system-design-primer" / "README.md"
     if not doc.exists():
         pytest.skip("needs ../shared/resources")
     lines = doc.read_text(encoding="utf-8").split("\n")
@@ -92,14 +95,19 @@ def test_every_unit_quote_is_at_its_lines_of_a_real_file(tmp_path: Path) -> None
 
 def test_the_terminal_shows_link_text_and_citation_markers() -> None:
     console = Console(record=True, width=300)
-    text = "- We should discuss the use cases and tradeoffs (https://x.example/#sql). [1]\n- [link removed] here [2]"
-    print_answer(console, Answer("q", None, text, False, [Citation(1, "a.md", 1, 1, "H", "[use cases] q", 0.5)]))
+    text = (
+        "- We should discuss the use cases and tradeoffs (https://x.example/#sql). [1]\n"
+        "- [link removed] here [2]"
+    )
+    print_answer(
+        console, Answer("q", None, text, False, [Citation(1, "a.md", 1, 1, "H", "[use cases] q", 0.5)])
+    )
     shown = console.export_text()
     assert "the use cases and tradeoffs (https://x.example/#sql). [1]" in shown
     assert "[link removed] here [2]" in shown and '"[use cases] q"' in shown
 
 
-# --- the evaluator's own fragment rules -------------------------------------------------------------------------
+# --- the evaluator's own fragment rules ----------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
@@ -121,9 +129,13 @@ def test_fragment_rules(text: str, reason: str | None) -> None:
 
 def test_labels_match_sections_paths_and_globs() -> None:
     crumb = "Acme Ledger Tech Stack › Caching strategy"
-    assert label_matches(".workos/context/tech-stack.md#Caching strategy", ".workos/context/tech-stack.md", crumb)
+    assert label_matches(
+        ".workos/context/tech-stack.md#Caching strategy", ".workos/context/tech-stack.md", crumb
+    )
     assert label_matches(".workos/context/tech-stack.md", ".workos/context/tech-stack.md", crumb)
-    assert not label_matches(".workos/context/tech-stack.md#Acme Ledger Tech Stack", ".workos/context/tech-stack.md", crumb)
+    assert not label_matches(
+        ".workos/context/tech-stack.md#Acme Ledger Tech Stack", ".workos/context/tech-stack.md", crumb
+    )
     assert label_matches("x/*#How to Prevent", "x/A03.md", "A03 › How to Prevent")
 
 
@@ -158,7 +170,7 @@ def test_path_filters_keep_the_leading_dot_of_workos() -> None:
     assert entities("Who owns the notifications service?") == ["notifications-service"]
 
 
-# --- with the real model on the sample workspace ---------------------------------------------------------------------
+# --- with the real model on the sample workspace ----------------------------------------------------------
 def test_the_team_decision_leads_and_every_quote_is_real(indexed: Path) -> None:
     kb = KnowledgeBase.open(indexed)
     answer = kb.ask("What's the right caching strategy?", persona="backend-engineer")
@@ -209,10 +221,13 @@ def refreshed_first(refreshed: list[str], path: str) -> bool:
 def test_search_finds_the_on_call_section_despite_a_crowding_document(indexed: Path) -> None:
     """A long PRD that names notifications-service in every section no longer fills every slot."""
     sections = "".join(
-        f"## Part {i}\n\nThe notifications-service handles step {i} of delivery when users are away at night.\n\n"
+        f"## Part {i}\n\nThe notifications-service handles step {i} of delivery when users are away at "
+        "night.\n\n"
         for i in range(12)
     )
-    (indexed / "projects/prds/notifications-runbook.md").write_text(f"# Runbook\n\n{sections}", encoding="utf-8")
+    (indexed / "projects/prds/notifications-runbook.md").write_text(
+        f"# Runbook\n\n{sections}", encoding="utf-8"
+    )
     kb = KnowledgeBase.open(indexed)
     hits = kb.search("Who do I page when notifications-service is down at night?", k=8)
     top = [(h.path, h.heading.split(" › ")[-1]) for h in hits]
@@ -222,11 +237,16 @@ def test_search_finds_the_on_call_section_despite_a_crowding_document(indexed: P
 
 def test_kb_eval_answers_reports_the_metrics(indexed: Path, tmp_path: Path) -> None:
     items = [json.loads(line) for line in ANSWERS.read_text().splitlines() if line.strip()]
-    small = [i for i in items if i["question"] in (
-        "What's the right caching strategy?",
-        "How long are usage export files kept?",
-        "Which team owns the export worker?",
-    )]
+    small = [
+        i
+        for i in items
+        if i["question"]
+        in (
+            "What's the right caching strategy?",
+            "How long are usage export files kept?",
+            "Which team owns the export worker?",
+        )
+    ]
     qfile = tmp_path / "answers.jsonl"
     qfile.write_text("".join(json.dumps(i) + "\n" for i in small))
     r = run_kb("eval", "--answers", str(qfile), "--workspace", str(indexed), "--json")
@@ -242,3 +262,47 @@ def test_kb_eval_answers_reports_the_metrics(indexed: Path, tmp_path: Path) -> N
     r = run_kb("eval", "--answers", str(bad), "--workspace", str(indexed))
     assert r.returncode == 1 and "unknown field(s) colour" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# --- the same discipline for a language model -------------------------------------------------------------
+class Scripted:
+    """A Generator that answers from the prompt it is given: the resource's sentence first, a label, then the
+    team's sentence (in that order, to see kb put the team's first)."""
+
+    name = "scripted"
+    context_window = 4096
+
+    def __init__(self) -> None:
+        self.prompt = ""
+
+    def generate(
+        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float, on_token: object = None
+    ) -> str:
+        self.prompt = messages[0]["content"] + "\n" + messages[1]["content"]
+        blocks = re.findall(r"<<<BEGIN SOURCE \[(\d+)\] \S+>>>\nfrom: (.*?)\n", self.prompt)
+        res = next(n for n, loc in blocks if loc.endswith("· resource"))
+        team = next(n for n, loc in blocks if "tech-stack.md" in loc and loc.endswith("· team"))
+        return (
+            f"Cache-aside loads data into the cache only when it is requested [{res}].\n"
+            f"Caching strategy [{team}]\n"
+            f"The default caching strategy is cache-aside in Redis [{team}]."
+        )
+
+
+def test_the_model_answer_puts_the_team_first_and_drops_labels(indexed: Path) -> None:
+    folder = indexed / ".workos/resources/example.org-cache"
+    folder.mkdir(parents=True)
+    (folder / "cache.md").write_text(
+        "---\nurl: https://example.org/cache\n---\n\n# Cache-aside\n\n"
+        "Cache-aside loads data into the cache only when it is requested, which keeps the cache small.\n",
+        encoding="utf-8",
+    )
+    model = Scripted()
+    with KnowledgeBase.open(indexed, generator=model) as kb:
+        answer = kb.ask("What's the right caching strategy?", persona="backend-engineer")
+    assert "Start with what the team decided or requires" in model.prompt
+    shown = [s.text for s in answer.sentences if s.supported]
+    assert "Caching strategy" not in shown, "a label is no sentence"
+    body = answer.answer
+    team_at = body.index("The default caching strategy is cache-aside in Redis")
+    assert team_at < body.index(f"**{GUIDANCE}**") < body.index("Cache-aside loads data into the cache")

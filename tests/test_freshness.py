@@ -46,7 +46,9 @@ def test_an_edit_after_kb_index_is_answered_from_the_new_text(indexed: Path) -> 
 def test_no_refresh_flags_stale_sources_and_never_shows_a_moved_quote(indexed: Path) -> None:
     ws = indexed_with_stack(indexed)
     stack(ws, NEW, "The zanzibar service keeps its data in PostgreSQL.")  # line 3 now says something else
-    r = run_kb("ask", QUESTION, "--persona", "backend-engineer", "--no-refresh", "--json", "--workspace", str(ws))
+    r = run_kb(
+        "ask", QUESTION, "--persona", "backend-engineer", "--no-refresh", "--json", "--workspace", str(ws)
+    )
     assert r.returncode in (0, 3), r.stderr
     data = json.loads(r.stdout)
     assert data["stale"] == [".workos/context/stack.md"] and data["refreshed"] == []
@@ -82,7 +84,9 @@ def test_a_refresh_is_bounded_and_yields_to_another_writer(indexed: Path) -> Non
     fresh = kb.freshen()
     assert fresh.stale == [".workos/context/stack.md"] and "refresh_max_files" in (fresh.reason or "")
     kb.close()
-    with file_lock(ws / ".workos/.kb/write.lock", wait=False, record_pid=True):  # another writer holds the index
+    with file_lock(
+        ws / ".workos/.kb/write.lock", wait=False, record_pid=True
+    ):  # another writer holds the index
         r = run_kb("ask", QUESTION, "--json", "--workspace", str(ws))
     assert r.returncode in (0, 3), r.stderr
     data = json.loads(r.stdout)

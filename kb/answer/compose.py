@@ -41,18 +41,22 @@ _OWN = re.compile(r"\b(?:own(?:s|er|ers|ing|ed)?|on-call|secondary|primary)\b", 
 class Calibration:
     """The bars and caps of an extractive answer (cosine similarities; see the module docstring)."""
 
-    lead_min: float = 0.45  # a workspace section leads when its best unit scores this much (Candidate.lead_score)
+    lead_min: float = (
+        0.45  # a workspace section leads when its best unit scores this much (Candidate.lead_score)
+    )
     section_gap: float = 0.05  # ... and scores within this of the best section
     retrieval_weight: float = 0.25  # a section's score: its best unit's, plus this times its retrieval score
     lead_sections: int = 3
     unit_min: float = -1.0  # a lead section's units shown: those at least this close to the question ...
     section_max: int = 5  # ... at most this many of one section
     lead_max: int = 8
-    heading_weight: float = 0.0  # a unit of a section whose heading names the question's topic gains this much
+    heading_weight: float = (
+        0.0  # a unit of a section whose heading names the question's topic gains this much
+    )
     heading_floor: float = 0.45  # ... for every unit of cosine(question, heading) above this
     trade_min: float = 0.35
     trade_max: int = 0
-    owner_max: int = 1  # lines of the team directory about a service the question names
+    owner_max: int = 2  # the team directory's lines about a service the question names (its row, its on-call)
     aspect_relevance: float = 0.55  # a persona section's unit is about the question ...
     aspect_similarity: float = 0.4  # ... and about the priority
     aspect_sections: int = 2
@@ -97,7 +101,7 @@ class _Picker:
         self.chosen: list[Candidate] = []
 
     def free(self, c: Candidate) -> bool:
-        """Not chosen, not part of a chosen unit (a list's item) nor holding one, and not a near-copy of one."""
+        """Not chosen, not part of a chosen unit (a list's item) nor holding one, not a near-copy of one."""
         u = c.unit
         for d in self.chosen:
             v = d.unit
@@ -144,7 +148,9 @@ def compose(
     lead = [c for c in lead if not any(c is t for t in trade)]
     owner = _owner(pick, evidence, cands, cal)
     sections: list[tuple[str, list[Candidate]]] = [(TRADE_OFFS, trade), (OWNER, owner)]
-    labels = [a.label for a in (persona.always_consider if persona else []) if a.label in evidence.aspect_vectors]
+    labels = [
+        a.label for a in (persona.always_consider if persona else []) if a.label in evidence.aspect_vectors
+    ]
     for label in _aspect_order(cands, labels, cal):
         if sum(1 for t, p in sections[2:] if p) >= cal.aspect_sections:
             break
@@ -158,13 +164,17 @@ def compose(
         pool.sort(key=lambda c: -(c.relevance + c.aspects[label]))
         sections.append((label, pick.best(pool, cal.per_aspect)))
     bar = cal.alone_min if alone else cal.resource_min if lead else floor
-    guidance = pick.best([c for c in guides if c.relevance >= bar], cal.alone_max if alone else cal.resource_max)
+    guidance = pick.best(
+        [c for c in guides if c.relevance >= bar], cal.alone_max if alone else cal.resource_max
+    )
     if not pick.chosen:
         return None
     return _render(evidence, persona, lead, sections, guidance)
 
 
-def _trade_offs(pick: _Picker, lead: list[Candidate], cands: list[Candidate], cal: Calibration) -> list[Candidate]:
+def _trade_offs(
+    pick: _Picker, lead: list[Candidate], cands: list[Candidate], cal: Calibration
+) -> list[Candidate]:
     """The trade-offs the team's sources state: those of the lead's sections (a reason, a consequence, when to
     revisit; taken out of the lead, whose decision stays first), then up to ``trade_max`` more from the lead's
     sections and from other workspace sections about the question."""

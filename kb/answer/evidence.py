@@ -18,7 +18,9 @@ from kb.models import Hit
 Embed = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised vectors, one row each
 
 
-StillThere = Callable[[str, int, int, str], bool]  # (path, start, end, quote) -> is the quote at those lines now
+StillThere = Callable[
+    [str, int, int, str], bool
+]  # (path, start, end, quote) -> is the quote at those lines now
 
 
 def _always(path: str, start: int, end: int, quote: str) -> bool:

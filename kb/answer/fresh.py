@@ -2,8 +2,8 @@
 (and was not re-indexed: ``kb ask --no-refresh``, or another process holding the write lock) may no longer
 hold a sentence at the lines the index recorded. :class:`CurrentLines` reads such a file once per answer,
 the way the indexer read it, and says whether a quote is still at its lines; both answerers ask it before they
-show a quote (:attr:`kb.answer.evidence.Evidence.still_there`), so a quote that moved or changed is never shown
-as supported.
+show a quote (:attr:`kb.answer.evidence.Evidence.still_there`), so a quote that moved or changed is never
+shown as supported.
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ class CurrentLines:
         kind = SUPPORTED_SUFFIXES.get(file.suffix.lower())
         try:
             real = file.resolve(strict=True)
-            if kind is None or not real.is_relative_to(self.root.resolve()) or real.stat().st_size > self.max_bytes:
+            if (
+                kind is None
+                or not real.is_relative_to(self.root.resolve())
+                or real.stat().st_size > self.max_bytes
+            ):
                 return None
             return _LINES.split(load_document(file.read_bytes(), kind).text)
         except (OSError, RuntimeError, LoadError, ValueError):

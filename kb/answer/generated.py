@@ -59,7 +59,11 @@ class LLMAnswerer:
         # The team's own best hits first (its decision leads), then the question's hits (most relevant first),
         # then the best hits of the persona's priorities.
         extra = [hs[0] for hs in evidence.aspects.values() if hs][: self.priority_hits]
-        team = [h for h in evidence.team if h.score >= TEAM_FIRST * max((x.score for x in evidence.hits), default=0)]
+        team = [
+            h
+            for h in evidence.team
+            if h.score >= TEAM_FIRST * max((x.score for x in evidence.hits), default=0)
+        ]
         for hit in [*team[: self.team_hits], *evidence.hits, *extra]:
             key = hit.chunk_id or f"{hit.path}:{hit.start_line}"
             if key not in seen:

@@ -135,7 +135,9 @@ def build_prompt(
         n = len(context) + 1
         location = _fenced(_location(hit))
         kind = "resource" if hit.source_type == "resource" else "team"
-        block = SOURCE_BLOCK.format(n=n, boundary=boundary, kind=kind, location=location, text=_fenced(hit.text))
+        block = SOURCE_BLOCK.format(
+            n=n, boundary=boundary, kind=kind, location=location, text=_fenced(hit.text)
+        )
         cost = count(block) + 2
         if cost > budget and not context:  # the most relevant chunk alone is too long: keep its beginning
             text = hit.text

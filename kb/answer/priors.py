@@ -81,8 +81,8 @@ def apply_priors(
     context_boost: float | None = None,
     crowding: float | None = None,
 ) -> list[S]:
-    """The top ``window`` candidates re-scored with the priors above (None: the module's constants), re-sorted;
-    the rest follow unchanged."""
+    """The top ``window`` candidates re-scored with the priors above (None: the module's constants),
+    re-sorted; the rest follow unchanged."""
     heading_weight = HEADING_WEIGHT if heading_weight is None else heading_weight
     heading_floor = HEADING_FLOOR if heading_floor is None else heading_floor
     context_boost = CONTEXT_BOOST if context_boost is None else context_boost

@@ -150,7 +150,9 @@ class Query:
         evidence.still_there = CurrentLines(
             self.engine.workspace.root, stale, int(self.settings.max_file_mb * 1024 * 1024)
         )
-        team = Filters.make([t for t in TEAM_TYPES if not filters.source_types or t in filters.source_types], path)
+        team = Filters.make(
+            [t for t in TEAM_TYPES if not filters.source_types or t in filters.source_types], path
+        )
         if team.source_types:
             evidence.team = whole_sections(manifest, hits(question, qvec, TEAM_HITS, team))
         evidence.entities = entities(question)
@@ -164,7 +166,9 @@ class Query:
         for aspect, vec in zip(aspects, self.engine.embed_cached(self._aspect_texts(chosen)), strict=True):
             steered = qvec + vec
             steered /= max(float((steered @ steered) ** 0.5), 1e-12)
-            found = retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8, priors=False)
+            found = retrieve(
+                manifest, store, question, steered, 8, "dense", filters, candidates=8, priors=False
+            )
             evidence.aspects[aspect.label] = hits_of(manifest, found, 3)
             evidence.aspect_vectors[aspect.label] = vec
         return evidence, chosen, picked
@@ -229,7 +233,11 @@ def whole_sections(manifest: Manifest, hits: list[Hit]) -> list[Hit]:
         for row in files[h.path]:
             if row.heading == h.heading and row.id not in seen:
                 seen.add(row.id)
-                out.append(replace(h, chunk_id=row.id, start_line=row.start_line, end_line=row.end_line, text=row.text))
+                out.append(
+                    replace(
+                        h, chunk_id=row.id, start_line=row.start_line, end_line=row.end_line, text=row.text
+                    )
+                )
     return out
 
 

@@ -56,7 +56,9 @@ _AUTOLINK = re.compile(r"<(https?://[^>\s]+)>")
 _QUOTE = re.compile(r"^\s{0,3}>\s?")
 _TAG = re.compile(r"</?[a-zA-Z][^>\n]*>")
 _END = re.compile(r"[.!?](?:[\"'”’)\]*_`]*)$")
-_LOST_LINK = re.compile(r"\[\s*\]\(|\b(?:the|a|an|of|to|see|and|or)\s+\(\s*https?://|^\s*\(\s*https?://", re.I)
+_LOST_LINK = re.compile(
+    r"\[\s*\]\(|\b(?:the|a|an|of|to|see|and|or)\s+\(\s*https?://|^\s*\(\s*https?://", re.I
+)
 
 
 def render(text: str) -> str:
@@ -191,7 +193,9 @@ def units_of(hit: Hit) -> list[Unit]:
         return quote in " ".join(window.split())
 
     def at_its_lines(u: Unit) -> bool:
-        return at(u.start_line, u.end_line, u.quote) and (u.header is None or at(u.header[0], u.header[0], u.header[1]))
+        return at(u.start_line, u.end_line, u.quote) and (
+            u.header is None or at(u.header[0], u.header[0], u.header[1])
+        )
 
     return [u for u in _units(hit) if at_its_lines(u)]
 

@@ -218,7 +218,9 @@ def eval_(
             raise KbError("Give either a dataset or --answers FILE, not both.")
         return _eval_answers(answers, k, llm, workspace, json_out)
     if dataset is None:
-        raise KbError("Name what to evaluate: kb eval DATASET_DIR, kb eval QUESTIONS.jsonl or kb eval --answers FILE.")
+        raise KbError(
+            "Name what to evaluate: kb eval DATASET_DIR, kb eval QUESTIONS.jsonl or kb eval --answers FILE."
+        )
     modes = tuple(mode or ["hybrid"])
     if Path(dataset).is_file():
         return _eval_questions(dataset, modes, k, workspace, json_out)

@@ -182,9 +182,12 @@ def print_answers_eval(out: Console, r: Any) -> None:
         if q.flags_no_team is not None:
             marks.append("flagged" if q.flags_no_team else "NOT-FLAGGED")
         facts = f"facts {len(q.facts_found)}/{len(q.facts_found) + len(q.facts_missed)}"
-        out.print(f"{q.split:<6} {' '.join(marks):<12} {facts:<10} {q.sentences:>2} sent.  {escape(q.question)}")
+        out.print(
+            f"{q.split:<6} {' '.join(marks):<12} {facts:<10} {q.sentences:>2} sent.  {escape(q.question)}"
+        )
     out.print(
-        f"{'split':<7} {'n':>3} {'leads':>6} {'flags':>6} {'prec.':>6} {'facts':>6} {'frag.':>5} {'supp.':>6} "
+        f"{'split':<7} {'n':>3} {'leads':>6} {'flags':>6} {'prec.':>6} {'facts':>6} {'frag.':>5} "
+        f"{'supp.':>6} "
         f"{'med.sent':>8} {'hit@k':>6} {'MRR':>6}"
     )
 
