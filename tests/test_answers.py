@@ -218,21 +218,15 @@ def refreshed_first(refreshed: list[str], path: str) -> bool:
     return path in refreshed
 
 
-def test_search_finds_the_on_call_section_despite_a_crowding_document(indexed: Path) -> None:
-    """A long PRD that names notifications-service in every section no longer fills every slot."""
-    sections = "".join(
-        f"## Part {i}\n\nThe notifications-service handles step {i} of delivery when users are away at "
-        "night.\n\n"
-        for i in range(12)
-    )
-    (indexed / "projects/prds/notifications-runbook.md").write_text(
-        f"# Runbook\n\n{sections}", encoding="utf-8"
-    )
+def test_search_finds_the_on_call_section_the_notifications_prd_used_to_hide(indexed: Path) -> None:
+    """The notifications PRD names notifications-service in every section; without the priors (crowding, team
+    headings) it took all 8 slots before the team directory's on-call section."""
     kb = KnowledgeBase.open(indexed)
     hits = kb.search("Who do I page when notifications-service is down at night?", k=8)
     top = [(h.path, h.heading.split(" › ")[-1]) for h in hits]
     assert (".workos/context/team-directory.md", "On-call rotation") in top, top
-    assert sum(p == "projects/prds/notifications-runbook.md" for p, _ in top) <= 4, top
+    scale = kb.search("How do I scale this service?", k=3)
+    assert scale[0].heading.endswith("Scaling services"), [h.heading for h in scale]
 
 
 def test_kb_eval_answers_reports_the_metrics(indexed: Path, tmp_path: Path) -> None:
@@ -300,7 +294,7 @@ def test_the_model_answer_puts_the_team_first_and_drops_labels(indexed: Path) ->
     model = Scripted()
     with KnowledgeBase.open(indexed, generator=model) as kb:
         answer = kb.ask("What's the right caching strategy?", persona="backend-engineer")
-    assert "Start with what the team decided or requires" in model.prompt
+    assert "Start with what the team decided or requires" in " ".join(model.prompt.split())
     shown = [s.text for s in answer.sentences if s.supported]
     assert "Caching strategy" not in shown, "a label is no sentence"
     body = answer.answer
