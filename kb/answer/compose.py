@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kb.answer.evidence import Evidence
-from kb.answer.units import Unit
+from kb.answer.units import Unit, render
 from kb.models import Answer, AnswerSentence, Citation
 from kb.personas import Persona
 from kb.prompts import GUIDANCE, NO_TEAM_CONTEXT, OWNER, TRADE_OFFS
@@ -254,6 +254,11 @@ def _owner(pick: _Picker, evidence: Evidence, cands: list[Candidate], cal: Calib
     return out
 
 
+def _crumb(heading: str) -> str:
+    """A heading breadcrumb as a citation shows it: images and markup attributes dropped from each part."""
+    return " › ".join(render(part) for part in heading.split("›"))
+
+
 def _render(
     evidence: Evidence,
     persona: Persona | None,
@@ -270,7 +275,7 @@ def _render(
             cite_id[key] = len(citations) + 1
             h = c.unit.hit
             citations.append(
-                Citation(cite_id[key], h.path, start, end, h.heading, quote, round(c.relevance, 4), h.url)
+                Citation(cite_id[key], h.path, start, end, _crumb(h.heading), quote, round(c.relevance, 4), h.url)
             )
         return cite_id[key]
 

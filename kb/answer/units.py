@@ -53,6 +53,7 @@ _IMAGE = re.compile(r"!\[[^\]\n]*\]\([^)\n]*\)|!\[[^\]\n]*\]\[[^\]\n]*\]")
 _LINK = re.compile(r"\[([^\]\n]*)\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"\n]*\")?\s*\)")
 _REF_LINK = re.compile(r"\[([^\]\n]+)\]\[[^\]\n]*\]")
 _AUTOLINK = re.compile(r"<(https?://[^>\s]+)>")
+_ATTRS = re.compile(r"\{:[^}\n]*\}")  # kramdown attribute lists: {: style="..."}
 _QUOTE = re.compile(r"^\s{0,3}>\s?")
 _TAG = re.compile(r"</?[a-zA-Z][^>\n]*>")
 _END = re.compile(r"[.!?](?:[\"'”’)\]*_`]*)$")
@@ -64,7 +65,7 @@ _LOST_LINK = re.compile(
 def render(text: str) -> str:
     """``text`` as an answer shows it: images and HTML tags dropped, ``[text](url)`` as ``text (url)`` (an
     http(s) URL) or ``text`` (a relative or other link), ``<url>`` as the URL, entities decoded."""
-    text = _IMAGE.sub("", text)
+    text = _ATTRS.sub("", _IMAGE.sub("", text))
 
     def link(m: re.Match[str]) -> str:
         label, url = m.group(1).strip(), m.group(2).strip()
