@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -43,6 +44,24 @@ LOCAL_TYPES = {  # what an import reads from a local copy, and as which content 
 }
 
 Pages = dict[str, dict[str, Any]]  # page URL -> {"path", "links", "etag", "last_modified"} or {"unsupported"}
+
+
+def check_local_file(path: Path) -> None:
+    """FetchError unless ``path`` is a regular file of a type kb imports whose name is not a secret's."""
+    name = path.name
+    if is_secret(name):
+        raise FetchError(f"{name} looks like a secret (credentials or key file): not imported")
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError as exc:
+        raise FetchError(f"cannot read {path}: {exc.strerror}") from None
+    if not regular:
+        raise FetchError(f"{path} is not a regular file (a device, pipe or socket)")
+    if path.suffix.lower() not in LOCAL_TYPES:
+        raise FetchError(
+            f"{name} is of a type kb does not import ({path.suffix or 'no extension'}); "
+            f"import {', '.join(LOCAL_TYPES)} files, or a folder of them"
+        )
 
 
 @dataclass(frozen=True)
@@ -230,9 +249,13 @@ class ResourceCopy:
 
     # --- importing ----------------------------------------------------------------------------------------
     def import_tree(self, src: Path, limits: CrawlLimits) -> CopyReport:
-        """Store the local copy at ``src`` (a folder of markdown, text, HTML or PDF files, or one file)."""
+        """Store the local copy at ``src`` (a folder of markdown, text, HTML or PDF files, or one file).
+        FetchError, before anything is read, for a file kb does not import (its type, a secret's name, a
+        device or pipe) and for a folder holding no file to import."""
         if not src.exists():
             raise FetchError(f"the local copy {src} does not exist")
+        if not src.is_dir():
+            check_local_file(src)
         files = (
             [src]
             if src.is_file()

@@ -1,7 +1,10 @@
 """Which files of a workspace are indexed, and why the others are not.
 
 Nothing here reads a secret file: names like ``.env``, ``*.pem``, ``*.key`` and ``id_rsa*`` are rejected from
-their name alone. Every file passed over is reported with a reason, never silently dropped.
+their name alone. Every file passed over is reported with a reason, never silently dropped: also a name
+holding a newline or another control character (it would break every line-oriented output: reports, logs,
+citations), and a file with more than one hard link (another name of it may be outside the workspace, and
+nothing here can see where; ``follow_hardlinks`` indexes them anyway).
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def _glob_to_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(c))
             i += 1
-    return re.compile("".join(out) + r"\Z")
+    return re.compile("".join(out) + r"\Z", re.S)  # re.S: a name with a newline is matched, then reported
 
 
 def _normalize(pattern: str) -> str:
@@ -157,6 +160,8 @@ def discover(
     include: list[str],
     exclude: list[str] | None = None,
     max_bytes: int = 10 * 1024 * 1024,
+    *,
+    follow_hardlinks: bool = False,
 ) -> tuple[list[Candidate], list[Skipped]]:
     """Walk ``root`` and return the files to index (sorted by path) and those skipped, each with a reason.
 
@@ -190,7 +195,7 @@ def discover(
             rel = f"{reldir}/{name}" if reldir else name
             if not rules.selects(rel):
                 continue
-            verdict = _check_file(root, here / name, rel, name, max_bytes)
+            verdict = _check_file(root, here / name, rel, name, max_bytes, follow_hardlinks)
             if isinstance(verdict, Skipped):
                 skipped.append(verdict)
             else:
@@ -206,6 +211,8 @@ def discover_paths(
     exclude: list[str] | None,
     max_bytes: int,
     paths: Iterable[str],
+    *,
+    follow_hardlinks: bool = False,
 ) -> tuple[list[Candidate], list[Skipped]]:
     """:func:`discover` restricted to ``paths`` (relative to ``root``): the same verdict per file, by the same
     rules, without walking the tree. Paths that are gone, folders, or not selected are left out."""
@@ -226,7 +233,7 @@ def discover_paths(
             continue
         if not rules.selects(rel) or not os.path.lexists(full) or full.is_dir():
             continue
-        verdict = _check_file(root, full, rel, parts[-1], max_bytes)
+        verdict = _check_file(root, full, rel, parts[-1], max_bytes, follow_hardlinks)
         if isinstance(verdict, Skipped):
             skipped.append(verdict)
         else:
@@ -242,7 +249,21 @@ def _rel(root: Path, path: Path) -> str:
     return PurePosixPath(*rel.parts).as_posix() if rel.parts else ""
 
 
-def _check_file(root: Path, full: Path, rel: str, name: str, max_bytes: int) -> Candidate | Skipped:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(path: str) -> str:
+    """``path`` with control characters shown as escapes (``\\n``), for reports and logs."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], path)
+
+
+def _check_file(
+    root: Path, full: Path, rel: str, name: str, max_bytes: int, follow_hardlinks: bool = False
+) -> Candidate | Skipped:
+    if _CONTROL.search(rel):
+        return Skipped(
+            printable(rel), "the name holds a newline or control character: rename the file to index it"
+        )
     if is_secret(name):
         return Skipped(rel, "looks like a secret (credentials or key file): never read")
     try:
@@ -269,6 +290,12 @@ def _check_file(root: Path, full: Path, rel: str, name: str, max_bytes: int) -> 
         st = lst
     if not stat.S_ISREG(st.st_mode):
         return Skipped(rel, "not a regular file (device, socket or pipe)")
+    if st.st_nlink > 1 and not follow_hardlinks:
+        return Skipped(
+            rel,
+            f"has {st.st_nlink} hard links: another name may be outside the workspace (copy the file, or set "
+            "follow_hardlinks = true in kb.toml to index it)",
+        )
     kind = SUPPORTED_SUFFIXES.get(full.suffix.lower())
     if kind is None:
         return Skipped(rel, f"unsupported file type {full.suffix or '(no extension)'!r}")

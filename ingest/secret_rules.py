@@ -7,180 +7,20 @@ The provider-specific patterns follow the gitleaks default ruleset (github.com/g
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
 import re
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-
-def placeholder(kind: str) -> str:
-    return f"[secret: {kind}]"
-
-
-# --- value checks ------------------------------------------------------------------------------------------
-
-
-def entropy(value: str) -> float:
-    """Shannon entropy in bits per character."""
-    if not value:
-        return 0.0
-    n = len(value)
-    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
-
-
-_PLACEHOLDER = re.compile(
-    r"""(?ix)
-    example | placeholder | redacted | changeme | change[_-]?me | dummy | sample
-    | x{5,} | \*{3,} | \.{3} | •{3,}
-    | ^your[_-] | [_-]here$ | ^<.*>$ | ^\[.*]$ | ^\(.*\)$
-    | \$\{ | \{\{ | ^\$\( | ^\$[A-Za-z_][A-Za-z0-9_]*$ | ^%[A-Za-z_][A-Za-z0-9_]*%$ | %\(\w+\)s
-    | ^@\w+@$ | ^\{\w*}$
-    """
+from ingest.secret_checks import (
+    basic_auth_ok,
+    discord_id_ok,
+    generic_ok,
+    is_placeholder,
+    jwt_header_ok,
+    key_block_has_body,
+    password_ok,
+    url_password_ok,
 )
-_NOT_A_PASSWORD = {
-    "required",
-    "optional",
-    "string",
-    "str",
-    "text",
-    "true",
-    "false",
-    "null",
-    "none",
-    "nil",
-    "yes",
-    "no",
-    "password",
-    "passwd",
-    "passphrase",
-    "pass",
-    "pwd",
-    "secret",
-    "empty",
-    "hidden",
-    "masked",
-    "unset",
-    "default",
-    "undefined",
-    "bool",
-    "boolean",
-    "int",
-    "integer",
-    "number",
-    "object",
-    "array",
-    "bytes",
-    "secretstr",
-    "env",
-    "environ",
-    "prompt",
-    "random",
-    "generated",
-    "auto",
-    "value",
-    "test",
-    "foo",
-    "bar",
-    "baz",
-}
-_NOT_A_URL_PASSWORD = {"password", "passwd", "pwd", "secret"}  # user:password@ is how docs spell "yours here"
-
-
-def _is_placeholder(value: str, words: set[str] = _NOT_A_PASSWORD) -> bool:
-    return bool(_PLACEHOLDER.search(value)) or value.strip("\"'`").lower() in words
-
-
-def _looks_like_reference(value: str) -> bool:
-    """A name for a value rather than the value: ``config.db.password``, ``settings.SECRET``, ``get_token()``,
-    ``os.environ["X"]``, ``MY_API_TOKEN``, ``user_password``."""
-    return bool(
-        re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+", value)  # dotted name
-        or re.fullmatch(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+", value)  # CONSTANT_NAME
-        or re.fullmatch(r"[a-z][a-z0-9]*(?:_[a-z0-9]+){2,}", value)  # snake_case_name
-        or re.search(r"[(\[{]", value)
-    )
-
-
-def _has_letters_and_digits(value: str) -> bool:
-    return bool(re.search(r"[A-Za-z]", value) and re.search(r"\d", value))
-
-
-def _b64decode(segment: str) -> bytes | None:
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _jwt_header_ok(token: str) -> bool:
-    raw = _b64decode(token.split(".", 1)[0].rstrip("="))
-    if raw is None:
-        return False
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(header, dict) and bool({"alg", "typ", "enc", "kid"} & set(header))
-
-
-def _discord_id_ok(token: str) -> bool:
-    raw = _b64decode(token.split(".", 1)[0])
-    return raw is not None and raw.isdigit() and 15 <= len(raw) <= 20
-
-
-def key_block_has_body(block: str) -> bool:
-    body = re.sub(r"-----(?:BEGIN|END)[^-]{0,100}-----", "", block)
-    body = body.replace("\\n", "\n")
-    return sum(len(run) for run in re.findall(r"[A-Za-z0-9+/=]{16,}", body)) >= 64
-
-
-def _basic_auth_ok(value: str) -> bool:
-    try:
-        raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    try:
-        decoded = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    user, sep, password = decoded.partition(":")
-    return bool(sep and password and decoded.isprintable() and not _is_placeholder(password))
-
-
-def _password_ok(value: str) -> bool:
-    bare = value.strip("\"'`")
-    if len(bare) < 4 or _is_placeholder(bare) or _looks_like_reference(bare):
-        return False
-    if value[:1] not in "\"'`" and re.fullmatch(r"[A-Za-z_.-]+", bare):
-        return False  # an unquoted plain word is a type, a word of prose or a name, not a password
-    return not re.fullmatch(r"[\d.]+", bare)  # a number: a length, a version
-
-
-def _url_password_ok(value: str) -> bool:
-    return not _is_placeholder(value, _NOT_A_URL_PASSWORD)
-
-
-def _generic_ok(value: str) -> bool:
-    return (
-        _has_letters_and_digits(value)
-        and entropy(value) >= 3.5
-        and not _is_placeholder(value)
-        and not _looks_like_reference(value)
-        and not re.fullmatch(r"[\d.:-]+", value)  # versions, dates, times
-        and not re.fullmatch(r"(?:[a-z]+[-_.]){2,}[a-z0-9]+", value)  # slugs: a-name-v2, org.module.v1
-    )
-
-
-# --- rules -------------------------------------------------------------------------------------------------
-#
-# Every pattern starts with a literal (``ghp_``, ``xox``, ``://``, ``password`` ...), so ``re`` finds
-# candidates with its fast literal search instead of trying every position, and every repetition is possessive
-# (``{m,n}+``) so a failed attempt never backtracks. Token bodies are matched as runs and their structure and
-# boundaries are checked afterwards, which keeps a hostile document (``eyJ-eyJ-eyJ-...`` over 10 MB) linear.
 
 
 @dataclass(frozen=True)
@@ -368,7 +208,7 @@ RULES: tuple[Rule, ...] = (
     _token(
         "discord-bot-token",
         r"\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,40}+",
-        check=_discord_id_ok,
+        check=discord_id_ok,
         left=re.compile(r"[A-Za-z0-9_-]"),
         lead=r"[MNO][A-Za-z0-9_-]{23,27}\Z",
         lead_window=28,
@@ -428,14 +268,14 @@ RULES: tuple[Rule, ...] = (
     _token(
         "jwt",
         r"eyJ[A-Za-z0-9_.+/=-]{20,12000}+",
-        check=_jwt_header_ok,
+        check=jwt_header_ok,
         right=None,
         shape=r"ey[A-Za-z0-9_-]{10,}+={0,2}\.ey[A-Za-z0-9_-]{10,}+={0,2}(?:\.[A-Za-z0-9_+/-]*+={0,2})?",
     ),
     Rule(
         "url-credentials",
         (re.compile(_URL_USERINFO),),
-        check=_url_password_ok,
+        check=url_password_ok,
         scheme_kinds=(
             (re.compile(rf"(?i:{_SCHEMES_DB})"), "connection-string-password"),
             (re.compile(rf"(?i:{_SCHEMES_URL})"), "url-credentials"),
@@ -450,7 +290,7 @@ RULES: tuple[Rule, ...] = (
             ),
         ),
         lowered=True,
-        check=_basic_auth_ok,
+        check=basic_auth_ok,
     ),
     Rule(
         "bearer-token",
@@ -462,7 +302,7 @@ RULES: tuple[Rule, ...] = (
         ),
         lowered=True,
         min_entropy=3.5,
-        check=lambda v: not _is_placeholder(v),
+        check=lambda v: not is_placeholder(v),
     ),
     # Context rules: a credential-named key assigned a value.
     Rule(
@@ -477,7 +317,7 @@ RULES: tuple[Rule, ...] = (
             for key in (r"pass(?:word|wd|phrase)?", r"pwd")
         ),
         lowered=True,
-        check=_password_ok,
+        check=password_ok,
         generic=True,
         key_boundary=True,
     ),
@@ -491,7 +331,7 @@ RULES: tuple[Rule, ...] = (
             for key in ("key", "apikey", "token", "secret", r"credentials?", "auth")
         ),
         lowered=True,
-        check=_generic_ok,
+        check=generic_ok,
         generic=True,
         key_boundary=True,
         key_filter=True,

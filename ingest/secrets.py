@@ -72,9 +72,21 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ingest.secret_rules import KINDS, NOT_SECRET_KEY, RULES, Rule, entropy, key_block_has_body, placeholder
+from ingest.secret_checks import entropy, key_block_has_body, placeholder
+from ingest.secret_rules import KINDS, NOT_SECRET_KEY, RULES, Rule
 
-__all__ = ["KINDS", "Finding", "SecretScanLimit", "find_secrets", "parse_allow_list", "placeholder", "redact"]
+__all__ = [
+    "KINDS",
+    "RULES_VERSION",
+    "Finding",
+    "SecretScanLimit",
+    "find_secrets",
+    "parse_allow_list",
+    "placeholder",
+    "redact",
+]
+
+RULES_VERSION = "1"  # bump when a rule changes what is found: indexes are then re-derived (kb.index)
 
 AllowEntry = str | re.Pattern[str]
 

@@ -22,6 +22,7 @@ from kb.evaluate_answers import AnswersReport, evaluate_answers
 from kb.index.engine import IndexEngine
 from kb.models import (
     Answer,
+    DoctorReport,
     Freshness,
     Hits,
     IndexReport,
@@ -232,6 +233,13 @@ class KnowledgeBase:
         from kb.resources.catalog import import_resource
 
         return import_resource(self.engine, directory, url, index=self.index)
+
+    def doctor(self, *, repair: bool = False, remove_damaged: bool = False) -> DoctorReport:
+        """Check the index against the files and itself; ``repair`` fixes what needs no re-embedding
+        (``remove_damaged``: also delete damaged vector indexes set aside). See :mod:`kb.doctor`."""
+        from kb.doctor import diagnose
+
+        return diagnose(self.engine, repair=repair, remove_damaged=remove_damaged)
 
     def close(self) -> None:
         self.engine.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import statistics
 import time
@@ -64,7 +65,7 @@ class Labelled:
     split: str = "report"
 
 
-def read_answer_set(path: str | Path) -> list[Labelled]:
+def read_answer_set(path: str | os.PathLike[str]) -> list[Labelled]:
     """The labelled questions of a JSONL file (see the module docstring)."""
     file = Path(path).expanduser()
     try:
@@ -312,7 +313,13 @@ def search_rank(search: Search, item: Labelled, k: int) -> int | None:
 
 
 def evaluate_answers(
-    ask: Ask, search: Search, path: str | Path, root: Path, *, backend: str = "extractive", k: int = 8
+    ask: Ask,
+    search: Search,
+    path: str | os.PathLike[str],
+    root: Path,
+    *,
+    backend: str = "extractive",
+    k: int = 8,
 ) -> AnswersReport:
     """Ask every question of the labelled set at ``path`` and score the answers (see the module docstring)."""
     items = read_answer_set(path)

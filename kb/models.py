@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -24,9 +25,15 @@ class _Dict:
     def from_dict(cls, data: dict[str, Any]) -> Self:
         """Rebuild from ``dataclasses.asdict`` output (how kb.serve.client carries results from ``kb
         watch``)."""
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)  # type: ignore[arg-type]  # a class is hashable; mypy cannot see it for Self
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         return cls(**{n: _revive(hints[n], data[n]) for n in names if n in data})
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved field types (resolving them evaluates every annotation: done once per class)."""
+    return typing.get_type_hints(cls)
 
 
 def _revive(tp: Any, value: Any) -> Any:
@@ -154,6 +161,7 @@ class Answer(_Dict):
         return {
             "question": self.question,
             "persona": self.persona,
+            "persona_title": self.persona_title,
             "answer": self.answer,
             "abstained": self.abstained,
             "backend": self.backend,
@@ -182,6 +190,16 @@ class SkippedFile(_Dict):
 
 
 @dataclass
+class RedactedSecret(_Dict):
+    """A credential found in a document and replaced by ``[secret: KIND]``: where and what kind, never the
+    secret. ``line`` 0: in the document's metadata (a PDF or DOCX title, an HTML title)."""
+
+    path: str
+    line: int
+    kind: str
+
+
+@dataclass
 class IndexReport(_Dict):
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
@@ -194,6 +212,7 @@ class IndexReport(_Dict):
     seconds: float = 0.0
     rebuilt: bool = False
     repaired: list[str] = field(default_factory=list)
+    redacted: list[RedactedSecret] = field(default_factory=list)  # secrets replaced in the files read now
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -208,12 +227,45 @@ class IndexReport(_Dict):
             "chunks_total": self.chunks_total,
             "rebuilt": self.rebuilt,
             "repaired": self.repaired,
+            "redacted": [r.to_dict() for r in self.redacted],
             "paths": {
                 "added": self.added,
                 "updated": self.updated,
                 "removed": self.removed,
                 "renamed": [{"from": a, "to": b} for a, b in self.renamed],
             },
+        }
+
+
+@dataclass
+class DoctorCheck(_Dict):
+    """One check of ``kb doctor``: ``ok``, or what is wrong (``message``) and how to fix it (``fix``);
+    ``repaired`` when ``--repair`` fixed it."""
+
+    name: str
+    ok: bool
+    message: str
+    fix: str | None = None
+    repaired: bool = False
+
+
+@dataclass
+class DoctorReport(_Dict):
+    workspace: str
+    checks: list[DoctorCheck] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[DoctorCheck]:
+        """Checks that failed and were not repaired."""
+        return [c for c in self.checks if not c.ok and not c.repaired]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workspace": self.workspace,
+            "ok": not self.problems,
+            "problems": len(self.problems),
+            "repaired": sum(c.repaired for c in self.checks),
+            "checks": [c.to_dict() for c in self.checks],
         }
 
 
@@ -239,6 +291,7 @@ class WatcherStatus(_Dict):
     pending: int = 0
     last_error: str | None = None
     last_reindex_at: float | None = None
+    served: int = 0  # requests answered for other processes (search, ask, status, index, ...)
 
 
 @dataclass

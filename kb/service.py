@@ -1,8 +1,10 @@
 """The service interface: what a client of a knowledge base can rely on, local or remote.
 
-Two classes implement :class:`Service`: :class:`kb.KnowledgeBase` (the library, in this process) and
-:class:`kb.serve.client.Remote` (the process that owns the index — ``kb watch`` — reached over its socket).
-The CLI is typed against this protocol only, so a command works the same whichever it is given.
+It is implemented by :class:`kb.KnowledgeBase` (the library, in this process), :class:`kb.serve.client.Remote`
+(the process that owns the index — ``kb watch`` or ``kb serve`` — reached over its socket),
+:class:`kb.serve.remote_http.HttpRemote` (a ``kb serve`` over HTTP, anywhere) and, inside ``kb serve``,
+:class:`kb.serve.http_owner.OwnerService`. The CLI is typed against this protocol only, so a command works the
+same whichever it is given.
 """
 
 from __future__ import annotations

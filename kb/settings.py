@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import re
 import textwrap
 import tomllib
 from pathlib import Path
@@ -89,6 +90,35 @@ class ResourcesSettings(BaseModel):
         return data
 
 
+class SecretsSettings(BaseModel):
+    """``[secrets]`` in kb.toml: credentials found inside documents (API keys, private keys, passwords)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["redact", "skip-file", "off"] = Field(
+        "redact",
+        description="'redact': each secret is replaced by [secret: KIND] in what is stored, embedded and "
+        "shown (lines keep their numbers); 'skip-file': a file holding a secret is not indexed; 'off': no "
+        "scanning.",
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Known false positives: exact strings, or 're:<regex>' searched in the matched text, "
+        'e.g. ["re:^AKIA0{16}$"].',
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _regexes_compile(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry.startswith("re:"):
+                try:
+                    re.compile(entry[3:])
+                except re.error as exc:
+                    raise ValueError(f"{entry!r} is not a valid regular expression ({exc})") from None
+        return value
+
+
 class _TomlSource(PydanticBaseSettingsSource):
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
         return None, field_name, False
@@ -129,6 +159,11 @@ class Settings(BaseSettings):
     )
     exclude: list[str] = Field(
         default_factory=list, description='Glob patterns never indexed, e.g. ["**/drafts/**"].'
+    )
+    follow_hardlinks: bool = Field(
+        False,
+        description="Index files that have more than one hard link. Off by default: another name of the file "
+        "may be outside the workspace, and kb cannot see where.",
     )
     max_file_mb: float = Field(
         10.0, gt=0, description="Files larger than this many megabytes are skipped (and reported)."
@@ -198,6 +233,10 @@ class Settings(BaseSettings):
         description="Re-index at most this many changed files before a search or an answer; past it they are "
         "reported as stale (run kb index).",
     )
+    secrets: SecretsSettings = Field(
+        default_factory=lambda: SecretsSettings.model_validate({}),
+        description="Credentials inside documents: redacted before anything is stored or embedded.",
+    )
     resources: ResourcesSettings = Field(
         default_factory=lambda: ResourcesSettings.model_validate({}),
         description="The personas' recommended resources (kb resources list|fetch|import).",
@@ -260,8 +299,9 @@ def load_settings(toml_path: Path | None = None, **overrides: Any) -> Settings:
 
 # --- the commented kb.toml ``kb init`` writes ---------------------------------------------------------------
 
-_TOML_HEADER = """\ # kb.toml: settings of this kb workspace. Every key is optional; the values shown are the
-defaults. # Precedence: command-line flags > KB_* environment variables > this file > defaults.
+_TOML_HEADER = """\
+# kb.toml: settings of this kb workspace. Every key is optional; the values shown are the defaults.
+# Precedence: command-line flags > KB_* environment variables > this file > defaults.
 """
 
 

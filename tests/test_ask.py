@@ -82,7 +82,14 @@ def test_persona_shapes_the_answer(indexed: Path) -> None:
     labels = {c.label for c in kb.persona("backend-engineer").always_consider}
     shown = set(re.findall(r"^\*\*(.+?)\*\*$", backend.answer, re.M))
     assert shown and shown <= labels, "sections follow the persona's priorities"
-    assert backend.answer != frontend.answer != plain.answer
+    frontend_labels = {c.label for c in kb.persona("frontend-engineer").always_consider}
+    frontend_shown = set(re.findall(r"^\*\*(.+?)\*\*$", frontend.answer, re.M))
+    assert frontend_shown and frontend_shown <= frontend_labels
+    # The persona changes the evidence, not only the header: the bodies (header dropped) and quotes differ.
+    bodies = [a.answer.split("\n\n", 1)[1] if a.persona else a.answer for a in (backend, frontend, plain)]
+    assert len(set(bodies)) == 3, "each persona's answer says something the others do not"
+    quotes = [{c.quote for c in a.citations} for a in (backend, frontend, plain)]
+    assert quotes[0] - quotes[2] and quotes[1] - quotes[2] and quotes[0] != quotes[1]
     assert plain.persona is None and not plain.answer.startswith("**")
 
 

@@ -4,9 +4,11 @@ the rest with a reason, never reads secrets and never leaves a half-written inde
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
-import shutil
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from kb import KnowledgeBase
+from kb.testing import give_to_nobody, unprivileged_folder
 
 PAYMENTS = ".workos/context/payments.md"
 ONCALL = ".workos/context/oncall.md"
@@ -243,24 +246,53 @@ def test_emptied_file_is_removed_from_the_index(tmp_path: Path, shared_model_cac
         assert all(h.path == ONCALL for h in kb.search("refund window", k=5))
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0, reason="running as root: chmod 000 does not stop root from reading a file"
-)
-def test_unreadable_file_is_skipped(tmp_path: Path, shared_model_cache: Path) -> None:
-    ws = tmp_path / "ws"
-    write_good_files(ws)
-    locked = ws / ".workos/context/locked.md"
-    locked.write_text("# Locked\n\nPrivate notes.\n", encoding="utf-8")
-    locked.chmod(0)
-    try:
-        with open_kb(ws, shared_model_cache) as kb:
-            report = index_with_deadline(kb)
-            reasons = {s.path: s.reason for s in report.skipped}
-            assert reasons[".workos/context/locked.md"] == "permission denied"
-            assert sorted(report.added) == [ONCALL, PAYMENTS]
-    finally:
-        locked.chmod(0o644)
-        shutil.rmtree(ws, ignore_errors=True)
+UNPRIVILEGED_INDEX = """
+import json, os, sys
+from pathlib import Path
+from kb import KnowledgeBase
+from kb.testing import drop_privileges
+ws, warm, cache, locked = sys.argv[1:5]
+with KnowledgeBase.open(Path(warm), model_cache_dir=Path(cache), max_file_mb=float(sys.argv[5])) as first:
+    first.index()  # as root, once: every module imported and the model loaded
+    embedder = first.embedder
+drop_privileges()
+try:
+    open(locked, "rb").close()
+    denied = False
+except PermissionError:
+    denied = True
+with KnowledgeBase.open(Path(ws), embedder=embedder, max_file_mb=float(sys.argv[5])) as kb:
+    report = kb.index().to_dict()
+print(json.dumps({"uid": os.getuid(), "denied": denied, "report": report}))
+"""
+
+
+def test_unreadable_file_is_skipped(shared_model_cache: Path) -> None:
+    """A real EACCES: the index runs in a child as the user nobody when the suite runs as root (as in CI)."""
+    with unprivileged_folder() as parent:
+        ws, warm = parent / "ws", parent / "warm"
+        write_good_files(ws)
+        (warm / ".workos/context").mkdir(parents=True)
+        (warm / ".workos/context/warm.md").write_text("# Warm\n\nLoads the model.\n", encoding="utf-8")
+        locked = ws / ".workos/context/locked.md"
+        locked.write_text("# Locked\n\nPrivate notes.\n", encoding="utf-8")
+        give_to_nobody(ws)
+        locked.chmod(0)
+        args = [str(ws), str(warm), str(shared_model_cache), str(locked), str(MAX_FILE_MB)]
+        out = subprocess.run(
+            [sys.executable, "-c", UNPRIVILEGED_INDEX, *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "HOME": str(parent)},
+        )
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert data["uid"] != 0 and data["denied"], "the child really cannot read the file"
+    report = data["report"]
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert reasons[".workos/context/locked.md"] == "permission denied"
+    assert sorted(report["paths"]["added"]) == [ONCALL, PAYMENTS]
 
 
 def test_previously_indexed_file_that_becomes_unreadable_keeps_its_content(

@@ -252,7 +252,7 @@ class DraftingService:
 def test_ask_streams_a_safe_draft_only_when_the_service_can(
     monkeypatch: pytest.MonkeyPatch, streams: bool, json_out: bool
 ) -> None:
-    monkeypatch.setattr(commands_module, "serving", lambda workspace: DraftingService(streams))
+    monkeypatch.setattr(commands_module, "serving", lambda workspace, server=None: DraftingService(streams))
     r = runner.invoke(app, ["ask", "How do we paginate?", *(["--json"] if json_out else [])])
     assert r.exit_code == 3
     picked = PERSONA_PICKED.format(title="Backend Engineer") + "\n"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import builtins
 import io
+import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import pytest
 
 from ingest.discovery import Candidate, discover, discover_paths, read_candidate
 from ingest.layout import DEFAULT_INCLUDE, source_type_of
+from kb.testing import give_to_nobody, unprivileged_folder
 
 
 def write(root: Path, rel: str, content: str | bytes = "# Title\n\nSome text.\n") -> Path:
@@ -341,16 +345,43 @@ def test_read_candidate_refuses_a_file_that_grew_past_the_cap(ws: Path) -> None:
         read_candidate(cand, 100)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 000 does not stop root from reading")
-def test_unreadable_file_is_skipped_with_permission_denied(ws: Path) -> None:
-    path = write(ws, ".workos/context/locked.md", "locked\n")
-    path.chmod(0)
-    try:
-        cands, skipped = run(ws)
-    finally:
-        path.chmod(0o644)
-    assert ".workos/context/locked.md" not in cands
-    assert skipped[".workos/context/locked.md"] == "permission denied"
+UNPRIVILEGED_DISCOVER = """
+import json, os, sys
+from pathlib import Path
+from ingest.discovery import discover
+from ingest.layout import DEFAULT_INCLUDE
+from kb.testing import drop_privileges
+discover(Path(sys.argv[3]), DEFAULT_INCLUDE)  # as root, once: whatever discovery imports lazily is loaded now
+drop_privileges()
+try:
+    open(sys.argv[2], "rb").close()
+    denied = False
+except PermissionError:
+    denied = True
+cands, skipped = discover(Path(sys.argv[1]), DEFAULT_INCLUDE)
+print(json.dumps({"uid": os.getuid(), "denied": denied, "candidates": [c.path for c in cands],
+                  "skipped": {s.path: s.reason for s in skipped}}))
+"""
+
+
+def test_unreadable_file_is_skipped_with_permission_denied() -> None:
+    """A real EACCES: discovery runs in a child as the user nobody when the suite runs as root (as in CI),
+    on a tree whose one file is chmod 000."""
+    with unprivileged_folder() as parent:
+        root = parent / "ws"
+        write(root, ".workos/context/team.md", "# Team\n\nWe own billing.\n")
+        locked = write(root, ".workos/context/locked.md", "locked\n")
+        give_to_nobody(root)
+        locked.chmod(0)
+        warm = write(parent / "warm", ".workos/context/a.md").parents[2]
+        cmd = [sys.executable, "-c", UNPRIVILEGED_DISCOVER, str(root), str(locked), str(warm)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["uid"] != 0 and data["denied"], "the child really cannot read the file"
+    assert ".workos/context/locked.md" not in data["candidates"]
+    assert data["skipped"][".workos/context/locked.md"] == "permission denied"
+    assert ".workos/context/team.md" in data["candidates"]
 
 
 def test_permission_denied_is_reported_when_access_is_refused(

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kb import IndexLockedError, KnowledgeBase
-from kb.testing import CountingEmbedder, FakeEmbedder
+from kb.testing import CountingEmbedder, FakeEmbedder, run_kb
 
 NOTIF = "projects/prds/notifications.md"
 
@@ -51,6 +55,43 @@ def test_touch_embeds_nothing(indexed: Path) -> None:
     report = kb.index()
     assert report.chunks_embedded == 0 and emb.calls == [] and report.unchanged == 7
     assert not report.updated
+
+
+def test_size_and_mtime_unchanged_means_not_read(indexed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proof that such a file is not read: its content is changed behind kb's back, keeping its size and
+    mtime, and the index keeps the old content; the reads are counted too. Then the size alone, and the mtime
+    alone, each make kb read it."""
+    import kb.index.indexer
+
+    reads: list[str] = []
+    real_read = kb.index.indexer.read_candidate
+
+    def counting_read(cand: object, max_bytes: int) -> bytes:
+        reads.append(cand.path)  # type: ignore[attr-defined]
+        return real_read(cand, max_bytes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kb.index.indexer, "read_candidate", counting_read)
+    target = indexed / NOTIF
+    st = target.stat()
+    swapped = target.read_text().replace("cursor-paginated", "walrus-paginated", 1)
+    assert len(swapped.encode()) == st.st_size
+    target.write_text(swapped)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with KnowledgeBase.open(indexed) as kb_:
+        report = kb_.index()
+        assert reads == [] and report.unchanged == 7 and not report.updated
+        assert kb_.search("walrus", k=3, mode="bm25") == [], "the old content is still indexed: not read"
+    # Same mtime, one byte more: read.
+    target.write_text(swapped + "\n")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with KnowledgeBase.open(indexed) as kb_:
+        assert kb_.index().updated == [NOTIF] and reads == [NOTIF]
+        assert any("walrus-paginated" in h.text for h in kb_.search("walrus", k=3, mode="bm25"))
+    # Same size, another mtime: read (and, the content being the same, only touched).
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    with KnowledgeBase.open(indexed) as kb_:
+        report = kb_.index()
+        assert reads == [NOTIF, NOTIF] and report.unchanged == 7 and report.chunks_embedded == 0
 
 
 def test_modified_file_reembeds_only_changed_chunks(indexed: Path) -> None:
@@ -126,18 +167,20 @@ def test_model_change_rebuilds(indexed: Path, tmp_path: Path) -> None:
     assert ids == chroma
 
 
-def test_second_writer_is_refused(indexed: Path) -> None:
+@contextlib.contextmanager
+def lock_held_by_another_process(ws: Path) -> Iterator[None]:
+    """Another process holds the index's write lock (and recorded pid 4242 in it) while in ``with``."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             textwrap.dedent(f"""
             import fcntl, sys, time
-            fh = open({str(indexed / ".workos/.kb/write.lock")!r}, 'a+')
+            fh = open({str(ws / ".workos/.kb/write.lock")!r}, 'a+')
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.seek(0); fh.truncate(); fh.write('4242'); fh.flush()
             print('locked', flush=True)
-            time.sleep(30)
+            time.sleep(60)
         """),
         ],
         stdout=subprocess.PIPE,
@@ -145,55 +188,158 @@ def test_second_writer_is_refused(indexed: Path) -> None:
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(IndexLockedError, match="pid 4242"):
-            KnowledgeBase.open(indexed).index()
+        yield
     finally:
         holder.kill()
         holder.wait()
 
 
+def test_second_writer_is_refused(indexed: Path) -> None:
+    with lock_held_by_another_process(indexed), pytest.raises(IndexLockedError, match="pid 4242"):
+        KnowledgeBase.open(indexed).index()
+
+
+def test_kb_index_exit_codes_2_and_4_from_the_cli(indexed: Path) -> None:
+    """README: 2 usage error, 4 the index is locked by another kb process; one line each, no traceback."""
+    usage = run_kb("index", "--no-such-option", "--workspace", indexed)
+    assert usage.returncode == 2, usage.stderr
+    assert "No such option: --no-such-option" in usage.stderr and "Traceback" not in usage.stderr
+    with lock_held_by_another_process(indexed):
+        locked = run_kb("index", "--json", "--workspace", indexed)
+    assert locked.returncode == 4, locked.stderr
+    lines = locked.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pid 4242" in lines[0] and "try again" in lines[0], locked.stderr
+    assert locked.stdout == ""
+    again = run_kb("index", "--json", "--workspace", indexed)  # the lock released: 0, nothing to do
+    assert again.returncode == 0 and json.loads(again.stdout)["chunks_embedded"] == 0, again.stderr
+
+
+# Every ordering point of one run (kb/index/indexer.py): a child process indexes and SIGKILLs itself there.
+# Before the manifest commits, the previous state must answer; from the commit on, the new one; the next run
+# must leave Chroma holding exactly the manifest's chunks.
 KILLER = """
 import os, signal, sys
 from kb import KnowledgeBase
-import kb.index.manifest as manifest
+from kb.backends.store import ChromaStore
+from kb.index.indexer import Indexer
+from kb.index.manifest import Manifest
+
 point = sys.argv[2]
-if point == "before-commit":
-    original = manifest.Manifest.put_source
-    def put_source(self, *a, **k):
-        os.kill(os.getpid(), signal.SIGKILL)
-    manifest.Manifest.put_source = put_source
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def after(cls, name):  # kill as soon as cls.name has returned
+    original = getattr(cls, name)
+    def wrapper(self, *a, **k):
+        original(self, *a, **k)
+        die()
+    setattr(cls, name, wrapper)
+
+def before(cls, name, when=lambda *a: True):  # kill when cls.name is called
+    original = getattr(cls, name)
+    def wrapper(self, *a, **k):
+        if when(*a):
+            die()
+        return original(self, *a, **k)
+    setattr(cls, name, wrapper)
+
+if point == "after-upsert":      # new chunks are in Chroma; the manifest has not committed
+    after(ChromaStore, "upsert")
+elif point == "before-commit":   # every manifest row written, inside the uncommitted transaction
+    before(Manifest, "stamp")
+elif point == "after-commit":    # the manifest committed; stale chunks still in Chroma
+    before(ChromaStore, "delete", lambda ids: len(ids) > 0)
+elif point == "after-delete":    # stale chunks deleted; reconcile not run
+    before(Indexer, "reconcile")
+elif point == "before-prune":    # reconciled; the vector cache not pruned
+    before(Manifest, "prune_vectors")
+
 def progress(stage, done, total):
-    if point == "mid-embed" and stage == "embed" and done >= 64:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if point == "mid-embed" and stage == "embed" and done >= 32:  # one batch of 32 embedded
+        die()
+
 KnowledgeBase.open(sys.argv[1]).index(progress=progress)
+sys.exit(3)  # the kill point was never reached: the test must not pass
 """
 
+GONE = "projects/prds/usage-export.md"
+OLD_SLO = "p95 latency SLO of 150 ms"
+NEW_SLO = "The walrusbanana latency SLO is 175 ms at the edge gateway."
+KILL_POINTS = {  # point -> which state answers until the next run
+    "mid-embed": "previous",
+    "after-upsert": "previous",
+    "before-commit": "previous",
+    "after-commit": "new",
+    "after-delete": "new",
+    "before-prune": "new",
+}
 
-@pytest.mark.parametrize("point", ["mid-embed", "before-commit"])
-def test_killed_run_leaves_previous_state_and_next_run_completes(indexed: Path, point: str) -> None:
-    # change two files and add one, then kill the index run part-way
-    (indexed / NOTIF).write_text(
-        (indexed / NOTIF).read_text() + "\n## Appendix\n\nThe walrusbanana retention is 9 days.\n"
-    )
-    extra = indexed / ".workos/context/glossary.md"
-    extra.write_text(
+
+def edit_for_kill_test(ws: Path) -> None:
+    """A PRD chunk replaced (its old chunk becomes stale), a file deleted, a 40-section file added."""
+    text = (ws / NOTIF).read_text()
+    old_line = next(line for line in text.splitlines() if OLD_SLO in line)
+    (ws / NOTIF).write_text(text.replace(old_line, f"- {NEW_SLO}"))
+    (ws / GONE).unlink()
+    (ws / ".workos/context/glossary.md").write_text(
         "# Glossary\n\n"
-        + "\n\n".join(f"## Term {i}\n\nTerm {i} means thing number {i} in the ledger." for i in range(80))
+        + "\n\n".join(f"## Term {i}\n\nTerm {i} means thing number {i} in the ledger." for i in range(40))
     )
+
+
+def answers_from(kb: KnowledgeBase) -> str:
+    """Which state the index answers from, "previous" or "new", both sides (BM25 and dense) included; an
+    AssertionError on a mix."""
+    facts = {
+        "old chunk": any(OLD_SLO in h.text for h in kb.search("p95 latency SLO of 150 ms", k=10)),
+        "new chunk, bm25": [h.path for h in kb.search("walrusbanana", k=3, mode="bm25")] == [NOTIF],
+        "new chunk, dense": any("walrusbanana" in h.text for h in kb.search(NEW_SLO, k=3, mode="dense")),
+        "deleted file": GONE in {h.path for h in kb.search("asynchronous usage export jobs CSV", k=5)},
+        "added file": ".workos/context/glossary.md"
+        in {h.path for h in kb.search("Term 5 means thing number 5 in the ledger", k=5)},
+    }
+    previous = {
+        "old chunk": True,
+        "new chunk, bm25": False,
+        "new chunk, dense": False,
+        "deleted file": True,
+        "added file": False,
+    }
+    if facts == previous:
+        return "previous"
+    assert facts == {k: not v for k, v in previous.items()}, (
+        f"neither the previous nor the new state: {facts}"
+    )
+    return "new"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_killed_run_leaves_previous_or_new_state_and_next_run_reconciles(
+    indexed: Path, point: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="kb")
+    edit_for_kill_test(indexed)
     proc = subprocess.run([sys.executable, "-c", KILLER, str(indexed), point], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    # the previous state still answers
     kb = KnowledgeBase.open(indexed)
-    assert kb.search("How should we paginate the notifications API?", k=1)[0].path == NOTIF
-    assert "glossary" not in {
-        h.path.split("/")[-1].split(".")[0] for h in kb.search("Term 5 means thing number 5", k=5)
-    }
-    assert kb.search("walrusbanana", k=3, mode="bm25") == [], "the BM25 side shows the previous state too"
+    assert answers_from(kb) == KILL_POINTS[point]
+    ids, chroma = consistent(kb)
+    assert ids <= chroma, "every chunk the manifest knows is in Chroma at every instant"
     kb.close()
-    # the next run finishes the job: no duplicate, no orphan
+    # The next run finishes the job: no duplicate, no orphan.
     kb, emb = open_counting(indexed)
     report = kb.index()
-    assert report.added == [".workos/context/glossary.md"] and report.updated == [NOTIF]
+    if KILL_POINTS[point] == "previous":
+        assert report.added == [".workos/context/glossary.md"] and report.updated == [NOTIF]
+        assert report.removed == [GONE]
+    else:
+        assert not (report.added or report.updated or report.removed) and report.chunks_embedded == 0
+    if point == "after-commit":  # the first query's store check, or this run, removes the stale chunks
+        logged = [r.getMessage() for r in caplog.records if "index repair" in r.getMessage()]
+        repairs = report.repaired + logged
+        assert any("orphan" in line for line in repairs), "the stale chunks left in Chroma are removed"
     ids, chroma = consistent(kb)
     assert ids == chroma
     manifest, _ = kb.engine.ready()
@@ -201,10 +347,12 @@ def test_killed_run_leaves_previous_state_and_next_run_completes(indexed: Path, 
         "SELECT path, ordinal, count(*) FROM chunks GROUP BY path, ordinal HAVING count(*) > 1"
     ).fetchall()
     assert rows == []
-    assert kb.search("walrusbanana retention", k=1)[0].path == NOTIF
-    assert [h.path for h in kb.search("walrusbanana", k=3, mode="bm25")] == [NOTIF]
+    assert answers_from(kb) == "new"
     if point == "mid-embed":
-        assert report.chunks_embedded < 80, "vectors embedded before the kill are reused"
+        assert report.chunks_embedded <= 41 - 32, "vectors embedded before the kill are reused"
+    else:
+        assert report.chunks_embedded == 0, "every vector was cached before the kill"
+    kb.close()
 
 
 def test_corrupt_chroma_is_rebuilt_from_manifest_without_embedding(indexed: Path) -> None:

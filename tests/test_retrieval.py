@@ -105,7 +105,10 @@ def test_filters_by_source_type_and_path(indexed: Path) -> None:
     only = kb.search("retention", k=10, path="projects/prds/notif*")
     assert only and {h.path for h in only} == {NOTIF}
     assert kb.search("retention", k=5, path="nowhere/*") == []
+    unfiltered = kb.ask("How long are notifications kept?")
+    assert any(c.path == NOTIF for c in unfiltered.citations), "without the filter the PRD answers"
     answer = kb.ask("How long are notifications kept?", source_type="context")
+    assert not answer.abstained and answer.citations, "the context files answer it too"
     assert all(c.path.startswith(".workos/context/") for c in answer.citations)
     with pytest.raises(KbError, match="Unknown source type 'prds'"):
         kb.search("x", source_type="prds")

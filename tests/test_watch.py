@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,9 +27,11 @@ import pytest
 from kb import KnowledgeBase
 from kb.serve.client import socket_path
 from kb.testing import (
+    READY,
     Background,
     FakeEmbedder,
     copy_workspace,
+    kb_command,
     kb_watch,
     run_kb,
     small_workspace,
@@ -145,6 +148,7 @@ def test_kb_watch_keeps_search_fresh_and_owns_the_index(indexed: Path, tmp_path:
         st = json.loads(run_kb("status", "--json", "--workspace", str(indexed)).stdout)
         assert st["watcher"]["running"] is True and st["watcher"]["pid"] == proc.pid
         assert st["watcher"]["pending"] == 0 and st["watcher"]["mode"] == "inotify"
+        assert st["watcher"]["served"] >= 5, "the searches above (and this status) were the watcher's"
         assert "notify.md" in st["watcher"]["last_event"]
         assert all(s["path"] != PRD for s in st["sources"])
         human = run_kb("status", "--workspace", str(indexed)).stdout
@@ -172,6 +176,37 @@ def test_kb_watch_keeps_search_fresh_and_owns_the_index(indexed: Path, tmp_path:
     # Nothing half-written: Chroma holds exactly the manifest's chunks.
     with KnowledgeBase.open(indexed) as kb:
         assert kb.engine.store.ids() == view(indexed)[1]
+
+
+@pytest.mark.slow
+def test_kb_watch_json_prints_one_object_per_reindex_on_stdout(indexed: Path, tmp_path: Path) -> None:
+    """README: ``--json`` prints one ``{"paths": [[action, path]], "chunks_embedded", "ms", "reason"}`` per
+    re-index; stdout holds nothing else (the log lines stay on stderr)."""
+    out_path, err_path = tmp_path / "watch.out", tmp_path / "watch.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(kb_command("watch", "--json", "--workspace", indexed), stdout=out, stderr=err)
+    try:
+        wait_for(lambda: READY in err_path.read_text() or proc.poll() is not None, 180)
+        assert proc.poll() is None, err_path.read_text()
+        with open(indexed / PRD, "a") as fh:
+            fh.write("\n\n## Codename\n\nThe retention pipeline is called quokkafrost internally.\n")
+
+        def objects() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in out_path.read_text().splitlines()]
+
+        wait_for(lambda: len(objects()) >= 1, 30)
+        os.rename(indexed / PRD, indexed / "projects/prds/notify.md")
+        wait_for(lambda: len(objects()) >= 2, 30)
+    finally:
+        proc.terminate()
+        code = proc.wait(30)
+    assert code == 0, err_path.read_text()
+    first, second = objects()[:2]
+    assert set(first) == {"paths", "chunks_embedded", "ms", "reason"}
+    assert first["paths"] == [["updated", PRD]] and first["chunks_embedded"] == 1 and first["ms"] > 0
+    assert second["paths"] == [["renamed", f"{PRD} -> projects/prds/notify.md"]]
+    assert second["chunks_embedded"] == 0 and isinstance(second["reason"], str)
+    assert "re-indexed: updated" in err_path.read_text(), "the log lines are on stderr"
 
 
 @pytest.mark.slow
@@ -321,14 +356,28 @@ def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: 
             raise PermissionError(13, "Permission denied")
         return real_read(cand, max_bytes)
 
+    reports: list[Any] = []  # every run's report, appended once the run has committed
+    recorded_run = kb.index.indexer.Indexer.run
+
+    def recording(self: Any, *a: Any, **k: Any) -> Any:
+        report = recorded_run(self, *a, **k)
+        reports.append(report)
+        return report
+
+    def refused(path: str) -> bool:  # a run ended in which reading ``path`` was refused
+        return any(
+            (s.path, s.reason) == (path, "cannot read: Permission denied") for r in reports for s in r.skipped
+        )
+
     monkeypatch.setattr(kb.index.indexer, "read_candidate", read)
+    monkeypatch.setattr(kb.index.indexer.Indexer, "run", recording)
     with watcher_thread(ws) as (w, _, _):
         before = view(ws)[0]["projects/prds/doc1.md"]
         denied.add("projects/prds/doc1.md")
         (ws / "projects/prds/doc1.md").write_text("# Doc 1\n\nNew text nobody may read yet.\n")
-        wait_for(lambda: w.reindexes or w.pending == 0, 10)
-        time.sleep(0.5)
+        wait_for(lambda: refused("projects/prds/doc1.md"), 10)  # the denied read happened, its run ended
         assert view(ws)[0]["projects/prds/doc1.md"] == before  # kept, not dropped
+        assert "projects/prds/doc1.md" not in reports[-1].removed
         denied.clear()
         os.utime(ws / "projects/prds/doc1.md")
         settle(ws, tmp_path / "scratch")
@@ -344,7 +393,7 @@ def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: 
 
         monkeypatch.setattr(kb.index.indexer.Indexer, "run", flaky)
         (ws / "projects/prds/doc2.md").write_text("# Doc 2\n\nFirst try fails.\n")
-        wait_for(lambda: w.last_error and "Input/output error" in w.last_error, 10)
+        wait_for(lambda: w.last_error and "I/O error" in w.last_error, 10)  # as StorageError words it
         (ws / "projects/prds/doc3.md").write_text("# Doc 3\n\nSecond change.\n")
         wait_for(
             lambda: (

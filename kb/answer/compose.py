@@ -117,7 +117,7 @@ class _Picker:
         return c
 
     def best(self, pool: list[Candidate], n: int) -> list[Candidate]:
-        out = []
+        out: list[Candidate] = []
         for c in sorted(pool, key=lambda c: -c.score(self.cal)):
             if len(out) >= n:
                 break
@@ -275,7 +275,9 @@ def _render(
             cite_id[key] = len(citations) + 1
             h = c.unit.hit
             citations.append(
-                Citation(cite_id[key], h.path, start, end, _crumb(h.heading), quote, round(c.relevance, 4), h.url)
+                Citation(
+                    cite_id[key], h.path, start, end, _crumb(h.heading), quote, round(c.relevance, 4), h.url
+                )
             )
         return cite_id[key]
 

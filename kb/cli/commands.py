@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from kb.cli import doctor_command, mcp_command, serve_command
 from kb.cli.group import EXIT_INTERRUPTED, command_group
 from kb.cli.options import (
     EXIT_ABSTAINED,
@@ -20,6 +21,7 @@ from kb.cli.options import (
     ModeOpt,
     NoRefreshOpt,
     PathOpt,
+    ServerOpt,
     TypeOpt,
     WorkspaceOpt,
     err,
@@ -67,14 +69,14 @@ def init(
 
 
 @app.command()
-def index(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+def index(workspace: WorkspaceOpt = None, json_out: JsonOpt = False, server: ServerOpt = None) -> None:
     """Index the workspace (incremental: only what changed is re-read and re-embedded).
 
     Example: kb index --workspace ./acme --json
     """
     from kb.cli.render import print_index_report
 
-    kb = serving(workspace)
+    kb = serving(workspace, server)
     with progress_bar(json_out) as progress:
         report = kb.index(progress=progress)
     if json_out:
@@ -92,6 +94,7 @@ def search(
     no_refresh: NoRefreshOpt = False,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """Show the chunks most relevant to QUERY, with file and line range.
 
@@ -104,7 +107,7 @@ def search(
     """
     from kb.cli.render import print_freshness, print_hits
 
-    svc = serving(workspace, **({"refresh": False} if no_refresh else {}))
+    svc = serving(workspace, server, **({"refresh": False} if no_refresh else {}))
     hits = svc.search(query, k=k, mode=mode, source_type=source_type, path=path)
     stale, refreshed = list(getattr(hits, "stale", [])), list(getattr(hits, "refreshed", []))
     print_freshness(err, stale, refreshed)
@@ -136,6 +139,7 @@ def ask(
     no_refresh: NoRefreshOpt = False,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
+    server: ServerOpt = None,
 ) -> None:
     """Answer QUESTION from the workspace, citing file and lines for every sentence.
 
@@ -152,7 +156,7 @@ def ask(
     """
     from kb.cli.render import DraftPrinter, print_answer, print_freshness, print_persona_picked
 
-    kb, draft = serving(workspace, **({"refresh": False} if no_refresh else {})), DraftPrinter(err)
+    kb, draft = serving(workspace, server, **({"refresh": False} if no_refresh else {})), DraftPrinter(err)
     stream = draft if not json_out and kb.streams_tokens else None  # (not through kb watch)
     answer = kb.ask(
         question,
@@ -259,7 +263,7 @@ def _eval_answers(answers: str, k: int, llm: str | None, workspace: str | None, 
 
 
 @app.command()
-def status(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
+def status(workspace: WorkspaceOpt = None, json_out: JsonOpt = False, server: ServerOpt = None) -> None:
     """Show the workspace, index folder, model, counts, last index time and every indexed source.
 
     Example: kb status --json
@@ -267,7 +271,7 @@ def status(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
     from kb.cli.render import print_status
     from kb.cli.watch_render import print_watcher
 
-    st = serving(workspace).status()
+    st = serving(workspace, server).status()
     if json_out:
         return print_json(st.to_dict())
     print_status(out, st)
@@ -287,11 +291,15 @@ def watch(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object per re-index on stdout.")
     ] = False,
+    resources: Annotated[
+        bool, typer.Option("--resources/--no-resources", help="Re-check stale recommended resources.")
+    ] = True,
 ) -> None:
     """Keep the index equal to the files until Ctrl-C: what changes is re-indexed as it changes.
 
     While it runs, kb search, ask, status and index from other terminals are answered by it (fresh, no cold
-    start). One log line per re-index on stderr: paths, action, chunks embedded, milliseconds.
+    start). One log line per re-index on stderr: paths, action, chunks embedded, milliseconds. Recommended
+    resources older than max_age_hours are re-checked in the background (--no-resources: not).
 
     Example: kb watch --workspace ./acme
     """
@@ -299,7 +307,12 @@ def watch(
 
     log_to_stderr()
     emit = (lambda r: print_json_line(r.__dict__)) if json_out else None
-    library(workspace).watch(debounce=debounce, polling=poll, on_reindex=emit)
+    refresher = serve_command.resource_refresher(workspace)[1].start() if resources else None
+    try:
+        library(workspace).watch(debounce=debounce, polling=poll, on_reindex=emit)
+    finally:
+        if refresher is not None:
+            refresher.stop()
 
 
 @app.command()
@@ -331,6 +344,9 @@ def config(workspace: WorkspaceOpt = None, json_out: JsonOpt = False) -> None:
 
 
 app.add_typer(resources_app, name="resources")
+app.command("doctor")(doctor_command.doctor)
+app.command("mcp")(mcp_command.mcp)
+app.command("serve")(serve_command.serve)
 
 
 def main() -> None:

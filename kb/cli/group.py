@@ -2,7 +2,8 @@
 
 Every kb command runs inside :class:`KbGroup`: a :class:`kb.errors.KbError` from any command or sub-command
 becomes one red line on stderr (``error: <message>``) and the error's ``exit_code``; Ctrl-C becomes
-``interrupted`` and exit 130. Commands themselves never catch kb errors.
+``interrupted`` and exit 130; a file system failure (disk full, read-only, I/O error) that escaped as an
+OSError is one line too. Commands themselves never catch kb errors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from kb.cli.options import err
-from kb.errors import KbError
+from kb.errors import KbError, storage_error
 
 EXIT_INTERRUPTED = 130
 
@@ -28,6 +29,12 @@ class KbGroup(TyperGroup):
         except KbError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a file system failure kb did not expect where it happened: still one line
+            failure = storage_error(exc, exc.filename or "a file kb uses")
+            if failure is None:
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(failure))}")
+            raise typer.Exit(failure.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None

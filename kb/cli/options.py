@@ -7,6 +7,7 @@ this module and nothing heavy. :mod:`kb.api` is imported inside :func:`library`,
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -64,9 +65,27 @@ def library(workspace: str | None, **overrides: Any) -> KnowledgeBase:
     return KnowledgeBase.open(workspace, **overrides)
 
 
-def serving(workspace: str | None, **overrides: Any) -> Service:
-    """The live ``kb watch`` of the workspace when one runs (it owns the index: fresh results, no cold start,
-    a thin import path; see :mod:`kb.serve.client`), else the library (with settings ``overrides``)."""
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="KB_SERVER",
+        show_envvar=False,
+        help="Ask the kb serve at this URL instead of a local workspace (or $KB_SERVER; token: "
+        "$KB_SERVE_TOKEN).",
+    ),
+]
+
+
+def serving(workspace: str | None, server: str | None = None, **overrides: Any) -> Service:
+    """A remote ``kb serve`` when ``server`` (``--server``/``KB_SERVER``) names one (see
+    :mod:`kb.serve.remote_http`); else the live ``kb watch``/``kb serve`` of the workspace when one runs (it
+    owns the index: fresh results, no cold start, a thin import path; see :mod:`kb.serve.client`); else the
+    library (with settings ``overrides``, e.g. ``refresh=False``)."""
+    if server:
+        from kb.serve.remote_http import HttpRemote
+
+        return HttpRemote(server, os.environ.get("KB_SERVE_TOKEN") or None)
     from kb.serve.client import connect
 
     return connect(workspace) or library(workspace, **overrides)

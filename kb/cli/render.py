@@ -100,6 +100,13 @@ def print_index_report(out: Console, r: IndexReport) -> None:
         out.print("The embedding model or chunking settings changed: the index was rebuilt.")
     for line in r.repaired:
         out.print(f"[yellow]repaired:[/] {escape(line)}")
+    if r.redacted:
+        files = len({x.path for x in r.redacted})
+        shown = ", ".join(f"{x.path}:{x.line} {x.kind}" for x in r.redacted[:3])
+        more = f" (+{len(r.redacted) - 3} more: kb index --json)" if len(r.redacted) > 3 else ""
+        out.print(
+            f"[yellow]Redacted {len(r.redacted)} secret(s)[/] in {files} file(s): {escape(shown)}{more}"
+        )
     if r.skipped:
         out.print(f"Skipped {len(r.skipped)} file(s):")
         for s in r.skipped:
@@ -127,7 +134,7 @@ def print_answer(out: Console, a: Answer) -> None:
                 where = f"{escape(h.path)}:{h.start_line}-{h.end_line}"
                 out.print(f"  - {where} › {escape(h.heading)} ({h.score:.2f})")
         return
-    out.print(escape(a.answer))
+    out.print(a.answer, markup=False)  # text from documents: "[secret: …]", "[link=…]" shown as they are
     out.print()
     out.print("[bold]Sources[/]")
     for c in a.citations:

@@ -5,6 +5,12 @@ Everything that reads or writes an index goes through :class:`IndexEngine`: the 
 evaluation, ``kb watch``). It builds the backends it was not given (``None`` means "from settings"), computes
 the index fingerprint once, owns the write lock, and repairs a store that cannot be opened before an index
 run, whatever the store is.
+
+Faults are told apart: a file system failure (disk full, read-only, I/O error, a folder that vanished) is a
+one-line :class:`kb.errors.StorageError` and leaves the index as it was — never a reason to set a healthy
+vector index aside; a vector index that cannot be read for another reason is moved aside and rebuilt from the
+manifest. At open time, a vector index holding another number of chunks than the manifest lists (an emptied
+``chroma.sqlite3``: dense search would silently find nothing) is repaired from the cached vectors.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from ingest.discovery import discover, discover_paths
 from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
 from kb.backends.embedders import Embedder, LockedEmbedder, make_embedder
 from kb.backends.store import ChromaStore, Store
-from kb.errors import EmptyIndexError, IndexCorruptError, IndexLockedError
+from kb.errors import EmptyIndexError, IndexCorruptError, IndexLockedError, StorageError, storage_error
 from kb.index.indexer import Indexer, Progress, Scope, collection_name, fingerprint, text_hash
 from kb.index.manifest import Manifest
 from kb.locks import Busy, file_lock
@@ -60,6 +66,7 @@ class IndexEngine:
         self._manifest: Manifest | None = None
         self._fingerprint: str | None = None
         self._locked = False
+        self._store_checked = False
 
     # --- backends -----------------------------------------------------------------------------------------
     @property
@@ -131,11 +138,49 @@ class IndexEngine:
             raise EmptyIndexError(f"Nothing is indexed in {self.workspace.root} yet. Run: kb index")
         if built != self.fingerprint:
             raise EmptyIndexError(
-                "The index was built with other settings (embedding model or chunking) than the "
-                "current ones. "
-                "Run: kb index (it rebuilds automatically)."
+                "The index was built with other settings (embedding model, chunking or [secrets]) than the "
+                "current ones. Run: kb index (it rebuilds automatically)."
             )
+        if not self._store_checked:
+            self._check_store(manifest)
+            self._store_checked = True
         return manifest, self.store
+
+    def _check_store(self, manifest: Manifest) -> None:
+        """Once per engine, before the first query: does the vector index hold as many chunks as the
+        manifest lists? If not (an emptied or replaced ``chroma.sqlite3``, a killed run), reconcile now from
+        the cached vectors — unless another process is writing (it reconciles itself when it finishes)."""
+        want = manifest.chunk_total()
+        try:
+            have = self.store.count()
+        except IndexCorruptError as exc:  # set aside and rebuilt from the cached vectors, as kb index does
+            log.warning("%s", exc)
+            have = -1
+        if have == want:
+            return
+        log.warning("the vector index holds %d chunks, the manifest %d: repairing", max(have, 0), want)
+        try:
+            with self.write_lock():
+                repaired = [f"vector index {self.store.reset()}"] if have < 0 else []
+                repaired += self.reconcile()
+        except IndexLockedError:
+            log.warning("another kb process is writing the index; it repairs the vector index when done")
+            return
+        except StorageError as exc:
+            raise IndexCorruptError(
+                f"The vector index holds {max(have, 0)} of the {want} chunks the manifest lists and could "
+                f"not be repaired: {exc} Then run: kb doctor --repair"
+            ) from None
+        for line in repaired:
+            log.warning("index repair: %s", line)
+
+    def reconcile(self, embed: bool = True) -> list[str]:
+        """Make the vector index hold exactly the manifest's chunks (the caller holds the write lock): orphans
+        deleted, missing chunks restored from cached vectors (``embed``: embedding those not cached)."""
+        manifest = self._manifest or self.manifest()
+        return Indexer(self.workspace.root, self.settings, manifest, self.store, self.embedder).reconcile(
+            embed
+        )
 
     # --- writing ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -160,7 +205,17 @@ class IndexEngine:
 
     def index(self, progress: Progress | None = None, scope: Scope | None = None) -> IndexReport:
         """Bring the index up to date with the files (incremental; see :mod:`kb.index.indexer`); ``scope``
-        restricts the run to some paths (``kb watch``'s targeted runs)."""
+        restricts the run to some paths (``kb watch``'s targeted runs). A file system failure is a one-line
+        :class:`StorageError`; the index is left as it was, and the next run completes it."""
+        try:
+            return self._index(progress, scope)
+        except (OSError, sqlite3.Error) as exc:
+            failure = storage_error(exc, self.workspace.state_dir)
+            if failure is None:
+                raise
+            raise failure from None
+
+    def _index(self, progress: Progress | None, scope: Scope | None) -> IndexReport:
         with self.write_lock():
             manifest, store = self.manifest(), self.store
             repaired: list[str] = []
@@ -186,6 +241,7 @@ class IndexEngine:
             DEFAULT_INCLUDE + settings.include,
             settings.exclude,
             int(settings.max_file_mb * 1024 * 1024),
+            follow_hardlinks=settings.follow_hardlinks,
         )
         old = self.manifest().sources()
         held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules

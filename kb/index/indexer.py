@@ -3,7 +3,9 @@
 The manifest (SQLite) is the source of truth; Chroma is derived from it. One run:
 
 1. discover files; a file whose size and mtime match the manifest is not even read;
-2. read, hash, load and chunk what changed; a file whose hash matches is only "touched";
+2. read, hash, load and chunk what changed; a file whose hash matches is only "touched". Credentials in the
+   text (and in string metadata) are replaced by ``[secret: KIND]`` before chunking (``[secrets] mode``), so
+   nothing stored, embedded or shown holds them; line numbers do not move;
 3. embed only texts whose vectors are not cached (vectors are committed batch by batch, so a killed run loses
    no embedding work); renames, reverts and rebuilt collections reuse cached vectors;
 4. upsert the new chunks into Chroma, then commit the manifest in ONE transaction, then delete chunks that are
@@ -28,11 +30,12 @@ import numpy as np
 from ingest.chunking import CHUNKER_VERSION, chunk_document
 from ingest.discovery import Candidate, Skipped, discover, read_candidate
 from ingest.layout import DEFAULT_INCLUDE, source_type_of
-from ingest.loaders import LoadError, load_document
+from ingest.loaders import Document, LoadError, load_document
+from ingest.secrets import RULES_VERSION, SecretScanLimit, parse_allow_list, redact
 from kb.backends.embedders import Embedder
 from kb.backends.store import Store
 from kb.index.manifest import ChunkRow, Manifest, SourceRow
-from kb.models import IndexReport, Progress, SkippedFile
+from kb.models import IndexReport, Progress, RedactedSecret, SkippedFile
 from kb.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,12 @@ _TRANSIENT = ("permission denied", "cannot stat", "cannot read", "vanished", "gr
 
 
 def fingerprint(model_id: str, settings: Settings) -> str:
+    secrets = settings.secrets
     blob = json.dumps(
         {"model": model_id, "chunker": CHUNKER_VERSION, "max_tokens": settings.chunk_max_tokens}
+        | (  # what is stored depends on them: a change re-derives every chunk (cached vectors reused)
+            {"secrets": [secrets.mode, sorted(secrets.allow), RULES_VERSION]} if secrets.mode != "off" else {}
+        )
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -70,6 +77,7 @@ class _Change:
     source: SourceRow
     chunks: list[ChunkRow]
     previous: str | None  # path it had before (rename) or its own path (update), None when new
+    redacted: list[RedactedSecret]
 
 
 def chroma_metadata(row: ChunkRow, source_type: str) -> dict[str, Any]:
@@ -100,6 +108,7 @@ class Indexer:
         self.progress = progress or (lambda stage, done, total: None)
         self.max_bytes = int(settings.max_file_mb * 1024 * 1024)
         self.embedded = 0
+        self.allow = parse_allow_list(settings.secrets.allow)
 
     # --- the run ------------------------------------------------------------------------------------------
     def run(self, scope: Scope | None = None) -> IndexReport:
@@ -116,7 +125,11 @@ class Indexer:
 
         if scope is None or rebuild:
             candidates, skipped = discover(
-                self.root, DEFAULT_INCLUDE + self.settings.include, self.settings.exclude, self.max_bytes
+                self.root,
+                DEFAULT_INCLUDE + self.settings.include,
+                self.settings.exclude,
+                self.max_bytes,
+                follow_hardlinks=self.settings.follow_hardlinks,
             )
             old = self.manifest.sources()
         else:
@@ -173,6 +186,7 @@ class Indexer:
                 report.added.append(change.candidate.path)
             else:
                 report.updated.append(change.candidate.path)
+        report.redacted = [r for change in changes for r in change.redacted]
         renamed_from = {a for a, _ in report.renamed}
         report.removed = [p for p in removed if p not in renamed_from]
 
@@ -221,6 +235,7 @@ class Indexer:
     # --- helpers ------------------------------------------------------------------------------------------
     def _prepare(self, cand: Candidate, data: bytes, chash: str) -> _Change:
         doc = load_document(data, cand.kind)
+        redacted = self._redact(cand.path, doc)
         title = doc.metadata.get("title") if isinstance(doc.metadata.get("title"), str) else None
         chunks = chunk_document(doc, self.embedder.count_tokens, self.settings.chunk_max_tokens, title=title)
         if not chunks:
@@ -256,7 +271,39 @@ class Indexer:
             metadata=doc.metadata,
             indexed_at=time.time(),
         )
-        return _Change(cand, chash, source, rows, None)
+        return _Change(cand, chash, source, rows, None, redacted)
+
+    def _redact(self, path: str, doc: Document) -> list[RedactedSecret]:
+        """Replace the credentials in ``doc`` (its text, and its string metadata) by ``[secret: KIND]``;
+        what was replaced (never the secret). LoadError (the file is skipped) when the scan gives up, or
+        when ``[secrets] mode = "skip-file"`` and there is a secret."""
+        mode = self.settings.secrets.mode
+        if mode == "off":
+            return []
+        try:
+            text, found = redact(doc.text, self.allow)
+            records = [RedactedSecret(path, f.line, f.kind) for f in found]
+            in_front_matter = {f.kind for f in found if f.line < doc.body_start_line}
+            meta: dict[str, Any] = {}
+            for key, value in doc.metadata.items():
+                if isinstance(value, str):
+                    value, more = redact(value, self.allow)
+                    # line 0: a title or other metadata outside the text (front matter is in the text)
+                    records += [
+                        RedactedSecret(path, 0, f.kind) for f in more if f.kind not in in_front_matter
+                    ]
+                meta[key] = value
+        except SecretScanLimit as exc:
+            raise LoadError(f"secret scan gave up ({exc}): not indexed") from None
+        if records and mode == "skip-file":
+            where = ", ".join(f"{r.kind} (line {r.line})" for r in records[:5])
+            raise LoadError(
+                f'holds {len(records)} secret(s): {where}; not indexed ([secrets] mode = "skip-file")'
+            )
+        doc.text, doc.metadata = text, meta
+        if records:
+            log.info("%s: %d secret(s) redacted (%s)", path, len(records), ", ".join(r.kind for r in records))
+        return records
 
     def _vectors_for(self, rows: list[ChunkRow]) -> dict[str, np.ndarray]:
         model = self.embedder.model_id
@@ -279,8 +326,9 @@ class Indexer:
                 self.progress("embed", min(start + EMBED_BATCH, total), total)
         return vectors
 
-    def reconcile(self) -> list[str]:
-        """Make Chroma hold exactly the manifest's chunks. Returns what was repaired (normally nothing)."""
+    def reconcile(self, embed: bool = True) -> list[str]:
+        """Make Chroma hold exactly the manifest's chunks. Returns what was repaired (normally nothing).
+        Without ``embed``, chunks whose vector is not in the cache are left out (and said so)."""
         want = self.manifest.all_chunk_ids()
         have = self.store.ids()
         extra = sorted(have - want)
@@ -291,14 +339,23 @@ class Indexer:
             repaired.append(f"removed {len(extra)} orphan chunk(s) from the vector index")
         if missing:
             rows = list(self.manifest.chunks_by_id(missing).values())
+            if not embed:
+                cached = self.manifest.get_vectors(self.embedder.model_id, [r.text_hash for r in rows])
+                lacking = [r for r in rows if r.text_hash not in cached]
+                rows = [r for r in rows if r.text_hash in cached]
+                if lacking:
+                    repaired.append(
+                        f"{len(lacking)} chunk(s) have no cached vector: run kb index to embed them"
+                    )
             vectors = self._vectors_for(rows)
             types = {p: s.source_type for p, s in self.manifest.sources().items()}
-            self.store.upsert(
-                [r.id for r in rows],
-                np.stack([vectors[r.text_hash] for r in rows]),
-                [chroma_metadata(r, types.get(r.path, "other")) for r in rows],
-            )
-            repaired.append(f"restored {len(rows)} missing chunk(s) to the vector index")
+            if rows:
+                self.store.upsert(
+                    [r.id for r in rows],
+                    np.stack([vectors[r.text_hash] for r in rows]),
+                    [chroma_metadata(r, types.get(r.path, "other")) for r in rows],
+                )
+                repaired.append(f"restored {len(rows)} missing chunk(s) to the vector index")
         for line in repaired:
             log.warning("index repair: %s", line)
         return repaired

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kb.errors import IndexCorruptError
+from kb.errors import IndexCorruptError, storage_error
 from kb.index import lexical
 
 SCHEMA_VERSION = 1
@@ -104,6 +104,9 @@ class Manifest:
                 self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
+                # Deleted rows are overwritten, not left in free pages: a secret indexed before it was
+                # redacted (mode "off", then "redact") does not linger in the file.
+                self.db.execute("PRAGMA secure_delete=ON")
                 self.db.executescript(_SCHEMA)
                 lexical.ensure_schema(self.db)
                 self.db.commit()
@@ -118,6 +121,9 @@ class Manifest:
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("SELECT count(*) FROM sources").fetchone()
         except sqlite3.DatabaseError as exc:
+            failure = storage_error(exc, path.parent)  # disk full, read-only, I/O: not corruption
+            if failure is not None:
+                raise failure from None
             raise IndexCorruptError(
                 f"The manifest {path} cannot be read ({exc}). Move the folder {path.parent} aside and run "
                 "kb index to rebuild it."
@@ -176,6 +182,9 @@ class Manifest:
                 out[r[0]] = ChunkRow(*r)
         return out
 
+    def chunk_total(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
     def all_chunk_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM chunks")}
 
@@ -227,6 +236,20 @@ class Manifest:
             ],
         )
         lexical.put(self.db, source.path, chunks)
+
+    def integrity(self) -> str:
+        """SQLite's quick check: "ok", or what is damaged."""
+        rows = self.db.execute("PRAGMA quick_check").fetchall()
+        return "; ".join(str(r[0]) for r in rows[:3])
+
+    def lexical_ok(self) -> bool:
+        """The BM25 tables are of this analyzer's version and hold one row per section of the chunks."""
+        return self.get_meta("lexical_version") == lexical.ANALYZER_VERSION and lexical.in_step(self.db)
+
+    def empty_sources(self) -> list[str]:
+        """Sources with no chunk (an indexed file always has one): an inconsistency."""
+        rows = self.db.execute("SELECT path FROM sources WHERE path NOT IN (SELECT path FROM chunks)")
+        return sorted(r[0] for r in rows)
 
     def rebuild_lexical(self) -> None:
         """Re-derive the BM25 index from the chunks (after an analyzer change or an upgrade; no embedding)."""

@@ -301,9 +301,12 @@ def import_resource(
 ) -> ResourceFetchReport:
     """Store the local copy at ``directory`` (a folder or one file) as resource ``url``, then index it."""
     started = time.perf_counter()
-    src = Path(directory).expanduser().resolve()
+    given = Path(directory).expanduser()
+    src = given.resolve()
     if not src.exists():
         raise ConfigError(f"{src} does not exist. Give the folder (or file) holding the copy of {url}.")
+    if given.is_symlink() and not src.is_dir():
+        raise ConfigError(f"{given} is a symlink: import the file it points to ({src}) by its own name.")
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
         raise ConfigError(
             f"{url!r} is not an http(s) URL. Example: kb resources import ./12factor --url https://12factor.net/"
@@ -315,7 +318,11 @@ def import_resource(
         state = _load_state(engine)
         entry = state.setdefault(res.url, {})
         outcome = ResourceOutcome(res.url, "fetched")
-        done = _copy(engine, res).import_tree(src, _limits(engine.settings.resources))
+        try:
+            done = _copy(engine, res).import_tree(src, _limits(engine.settings.resources))
+        except (FetchError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, FetchError) else f"cannot read {src}: {exc.strerror or exc}"
+            raise ConfigError(f"Cannot import {given} as {url}: {reason}.") from None
         entry["pages"] = done.pages
         _record(done, outcome)
         now = time.time()

@@ -2,7 +2,8 @@
 
 While ``kb watch`` runs it owns the index (Chroma does not support two processes on one folder) and answers
 ``search``, ``ask``, ``status`` and ``index`` requests on a Unix socket (see :mod:`kb.serve.server`). This
-module is the client: :func:`connect` finds a live watcher, :class:`Remote` (a :class:`kb.service.Service`)
+module is the client: :func:`connect` finds a live watcher — and while one is alive, waits for it (bounded)
+rather than ever opening the index in a second process — :class:`Remote` (a :class:`kb.service.Service`)
 sends one request per verb and rebuilds kb's result objects and errors. It imports nothing heavy (no chromadb,
 numpy, onnxruntime, model), so a ``kb search`` from another terminal costs a process start and a socket round
 trip.
@@ -15,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
+import random
 import socket
 import stat
 import struct
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,7 @@ STATUS_NAME = "watch.json"
 MAX_REQUEST = 256 * 1024  # bytes of one request line
 MAX_RESPONSE = 256 * 1024 * 1024
 CONNECT_TIMEOUT = 2.0
+WAIT_FOR_OWNER = 30.0  # seconds a client keeps trying to reach a live watcher before a clear error
 TIMEOUTS = {"index": None, "ask": 120.0}  # seconds to wait for an answer; default 60
 
 
@@ -177,28 +182,69 @@ def _error(data: dict[str, Any]) -> errors.KbError:
     return exc
 
 
-def connect(workspace: Workspace | str | os.PathLike[str] | None) -> Remote | None:
-    """The live ``kb watch`` of ``workspace``, or None when there is none (then work locally)."""
+def connect(
+    workspace: Workspace | str | os.PathLike[str] | None, wait: float = WAIT_FOR_OWNER
+) -> Remote | None:
+    """The live ``kb watch`` of ``workspace``, or None when there is none (then work locally).
+
+    A watcher that is alive but does not accept at once (its backlog is full, or it is starting) is waited
+    for, with backoff, up to ``wait`` seconds, then a clear :class:`kb.errors.KbError`: never None while a
+    watcher lives, since None means "open the index in this process" (a second process on embedded Chroma).
+    A socket nobody listens on, left by a killed watcher, is None."""
     ws = workspace if isinstance(workspace, Workspace) else find_workspace(workspace)
     path = socket_path(ws.state_dir)
+    deadline = time.monotonic() + wait
+    delay = 0.01
+    while True:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        try:
+            sock.connect(str(path))
+            pid, uid, _ = peer_credentials(sock)
+        except OSError as exc:
+            sock.close()
+            busy = isinstance(exc, BlockingIOError | TimeoutError) or exc.errno in (errno.EAGAIN, errno.EINTR)
+            if not busy and owner_pid(ws) is None:  # nobody listens, no watcher lives: a socket left behind
+                return None
+            if time.monotonic() >= deadline:
+                owner = owner_pid(ws)
+                who = f"kb watch (pid {owner})" if owner else "kb watch"
+                raise errors.KbError(
+                    f"{who} owns the index of {ws.root} but did not accept a connection within {wait:g} s "
+                    "(overloaded, or stopped with Ctrl-Z?). Try again, or stop it; kb does not open the "
+                    "index itself while kb watch runs."
+                ) from None
+            time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.25)
+            continue
+        if uid != os.getuid():
+            sock.close()
+            return None
+        return Remote(ws, sock, pid)
+
+
+def owner_pid(workspace: Workspace) -> int | None:
+    """The pid of the workspace's ``kb watch`` when its status file says it runs and that process is alive."""
     try:
-        st = os.lstat(path)
-    except OSError:
+        data = json.loads(status_file(workspace).read_text(encoding="utf-8"))
+        pid = int(data["pid"]) if isinstance(data, dict) and data.get("running") else 0
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+    if pid <= 0:
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(CONNECT_TIMEOUT)
     try:
-        sock.connect(str(path))
-        pid, uid, _ = peer_credentials(sock)
-    except OSError:  # a socket left by a killed watcher: nobody listens
-        sock.close()
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return None
-    if uid != os.getuid():
-        sock.close()
+    except PermissionError:  # another user's process took the pid
         return None
-    return Remote(ws, sock, pid)
+    return pid
 
 
 def _jsonable(value: Any) -> bool:

@@ -2,10 +2,17 @@
 
 Security: a Unix domain socket (never a TCP port) in the workspace's state folder, which is made 0700; the
 socket itself is created 0600. Every connection's peer is checked with SO_PEERCRED: only the same user is
-served. A request is one JSON line of at most :data:`kb.serve.client.MAX_REQUEST` bytes, read with a deadline;
-the method must be one of :data:`METHODS`, the parameters a JSON object whose keys are parameters of that
-``KnowledgeBase`` method (so new search parameters pass through with no change here). Errors come back as
-``{"ok": false, "error": ...}``."""
+served. A request is one JSON line of at most :data:`kb.serve.client.MAX_REQUEST` bytes; its method and
+parameters are checked against a schema (:mod:`kb.serve.protocol`). Errors come back as
+``{"ok": false, "error": ...}``.
+
+A crowd of clients: the socket listens with a backlog of :data:`BACKLOG` (clients wait there, and retry while
+the watcher is alive: :func:`kb.serve.client.connect`); at most :data:`MAX_HANDLERS` connections are served at
+once (the accept loop waits for a free slot); each request must arrive whole within :data:`READ_TIMEOUT`
+seconds of when the server starts waiting for it — a deadline for the whole line, not for each read, so a
+client dripping a byte every few seconds is cut off — and a reply that the client does not read within
+:data:`WRITE_TIMEOUT` seconds ends the connection.
+"""
 
 from __future__ import annotations
 
@@ -17,41 +24,37 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kb.errors import BadRequest, KbError
-from kb.serve.client import MAX_REQUEST, PROTOCOL, peer_credentials
+from kb.serve.client import MAX_REQUEST, peer_credentials
+from kb.serve.protocol import METHODS, validate
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ping", "config", "search", "ask", "status", "index")
-READ_TIMEOUT = 10.0  # seconds a client may take to send its request line
+__all__ = ["METHODS", "WatchServer", "is_socket_private", "raw_request", "validate"]
+
+READ_TIMEOUT = 10.0  # seconds a client may take to send one whole request line
+WRITE_TIMEOUT = 30.0  # seconds a client may take to read a reply
+BACKLOG = 256  # connections waiting to be accepted
+MAX_HANDLERS = 64  # connections served at once
 
 Dispatch = Callable[[str, dict[str, Any]], Any]
 
 
-def validate(message: Any) -> tuple[str, dict[str, Any]]:
-    """(method, params) of a decoded request, or BadRequest saying what is wrong."""
-    if not isinstance(message, dict):
-        raise BadRequest('A request is a JSON object: {"v": 1, "method": ..., "params": {...}}.')
-    if message.get("v", PROTOCOL) != PROTOCOL:
-        raise BadRequest(
-            f"Unsupported protocol version {message.get('v')!r}; this kb watch speaks {PROTOCOL}. "
-            "Restart kb watch after upgrading kb."
-        )
-    method = message.get("method")
-    if method not in METHODS:
-        raise BadRequest(f"Unknown method {method!r}. Available: {', '.join(METHODS)}.")
-    params = message.get("params", {})
-    if not isinstance(params, dict) or not all(isinstance(k, str) and k.isidentifier() for k in params):
-        raise BadRequest('"params" must be an object whose keys are parameter names.')
-    return method, params
+class _Deadline(Exception):
+    """The request line did not arrive whole in time."""
 
 
-class _Handler(socketserver.StreamRequestHandler):
+class _Handler(socketserver.BaseRequestHandler):
     server: _Server
+    request: socket.socket
+
+    def setup(self) -> None:
+        self._buffer = bytearray()
 
     def handle(self) -> None:
         try:
@@ -64,11 +67,10 @@ class _Handler(socketserver.StreamRequestHandler):
                 {"ok": False, "error": _err(BadRequest("Permission denied: not the owner of this index."))}
             )
             return
-        while True:
-            self.request.settimeout(READ_TIMEOUT)
+        while not self.server.stopping:
             try:
-                line = self.rfile.readline(MAX_REQUEST + 1)
-            except (TimeoutError, OSError):
+                line = self._read_line(time.monotonic() + self.server.read_timeout)
+            except (_Deadline, OSError):
                 return
             if not line:
                 return
@@ -77,13 +79,35 @@ class _Handler(socketserver.StreamRequestHandler):
                     {"ok": False, "error": _err(BadRequest(f"Request larger than {MAX_REQUEST} bytes."))}
                 )
                 return
-            self.request.settimeout(None)
             self._send(self.server.answer(line))
+
+    def _read_line(self, deadline: float) -> bytes:
+        """One line (with its newline), at most MAX_REQUEST + 1 bytes; b"" at end of stream. The deadline is
+        for the whole line."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0 or len(self._buffer) > MAX_REQUEST:
+                cut = end + 1 if 0 <= end <= MAX_REQUEST else MAX_REQUEST + 1
+                line = bytes(self._buffer[:cut])
+                del self._buffer[:cut]
+                return line
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _Deadline
+            self.request.settimeout(left)
+            try:
+                data = self.request.recv(65536)
+            except TimeoutError:
+                raise _Deadline from None
+            if not data:
+                return bytes(self._buffer) if self._buffer else b""
+            self._buffer += data
 
     def _send(self, reply: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
-            self.wfile.write(json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8") + b"\n")
-            self.wfile.flush()
+            self.request.settimeout(WRITE_TIMEOUT)
+            data = json.dumps(reply, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
+            self.request.sendall(data)
 
 
 def _err(exc: KbError) -> dict[str, Any]:
@@ -93,10 +117,33 @@ def _err(exc: KbError) -> dict[str, Any]:
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
+    request_queue_size = BACKLOG
 
     def __init__(self, path: Path, dispatch: Dispatch):
         self.dispatch = dispatch
+        self.stopping = False
+        self.read_timeout = READ_TIMEOUT
+        self._slots = threading.BoundedSemaphore(MAX_HANDLERS)
         super().__init__(str(path), _Handler, bind_and_activate=False)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread once one of MAX_HANDLERS slots is free; until then, the accept
+        loop waits (new clients queue in the backlog)."""
+        while not self._slots.acquire(timeout=0.5):
+            if self.stopping:
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
@@ -166,6 +213,7 @@ class WatchServer:
     def stop(self) -> None:
         if self._server is None:
             return
+        self._server.stopping = True
         self._server.shutdown()
         self._server.server_close()
         self._server = None

@@ -1,26 +1,25 @@
 """``kb watch``: keep the index equal to the files, and serve other processes meanwhile.
 
-The only module that imports watchdog. The design, in the order things can go wrong:
+File-system events come from :mod:`kb.serve.events` (the only watchdog import). The design:
 
 * **Disk is the truth.** Events only mark paths (or folders) dirty; after a quiet ``debounce`` (at most
   ``max_delay`` into a burst) the dirty paths are re-read from disk by the same indexer as ``kb index``,
-  restricted to them (``Indexer.run(scope=...)``): one transaction, only changed chunks embedded, renames
+  restricted to them (``IndexEngine.index(scope=...)``): one transaction, changed chunks embedded, renames
   and moves re-pathed with cached vectors. Duplicate, out-of-order or half-understood events (atomic saves,
   moves in and out of the tree, folder renames) cannot make it wrong: whatever happened, the path's current
   state is what gets indexed.
 * **Never wrong for long.** On start, a full reconcile (``kb index``). An inotify queue overflow (watchdog
   only logs it) triggers a full rescan; a watch-limit error falls back to polling with a warning; every
   ``reconcile_every`` seconds a stat-only comparison of the tree with the manifest catches anything missed.
-* **One owner.** The watcher holds the index's write lock for its lifetime and serves
-  search/ask/status/index to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb
-  status`` shows it.
+* **One owner.** The watcher holds the index's write lock for its lifetime and serves search/ask/status/index
+  to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb status`` shows it.
 * **Stops cleanly.** SIGINT/SIGTERM finish the run in progress and stop; SIGKILL loses only pending work,
-  which the next start reconciles. A workspace folder moved or deleted stops it with a clear message."""
+  which the next start reconciles. A workspace or index folder moved or deleted stops it with a clear
+  message."""
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -31,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ingest.discovery import discover_paths
-from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS, WORKOS_DIR
+from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
 from kb.answer.query import Query
 from kb.backends.embedders import LockedEmbedder
-from kb.errors import BadRequest, IndexLockedError, KbError, WorkspaceNotFoundError
+from kb.errors import IndexLockedError, KbError
 from kb.index.engine import IndexEngine
 from kb.models import IndexReport, Status, WatcherStatus
 from kb.serve.client import connect, encode, save_watcher_status, socket_path
@@ -48,7 +47,7 @@ from kb.serve.events import (
     watch_roots,
 )
 from kb.serve.server import WatchServer
-from kb.serve.support import Reindexed
+from kb.serve.support import Reindexed, workspace_gone
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +185,7 @@ class Watcher:
         )
         self.reader = self.query.over(reader)
         if self.serve:
-            self._server = WatchServer(socket_path(self.engine.workspace.state_dir), self._dispatch)
+            self._server = WatchServer(socket_path(self.engine.workspace.state_dir), self.dispatch)
             self._server.start()
         log.info(
             "kb watch (pid %d) watching %s; serving other processes on %s",
@@ -262,7 +261,14 @@ class Watcher:
         if len(covered) > FULL_RUN_ABOVE:
             self._full(f"{len(covered)} paths changed")
             return
-        cands, skipped = discover_paths(self.root, self.include, self.exclude, self.max_bytes, covered)
+        cands, skipped = discover_paths(
+            self.root,
+            self.include,
+            self.exclude,
+            self.max_bytes,
+            covered,
+            follow_hardlinks=self.engine.settings.follow_hardlinks,
+        )
         covered.update(c.path for c in cands)
 
         def work() -> IndexReport:
@@ -301,6 +307,8 @@ class Watcher:
             for line in report.repaired:
                 log.warning("repaired: %s", line)
             self.on_reindex(event)
+        if report.redacted:
+            log.warning("redacted: %s", ", ".join(f"{r.path}:{r.line} {r.kind}" for r in report.redacted))
         self._write_status()
         return report
 
@@ -316,7 +324,7 @@ class Watcher:
             self._targeted(dirty, set(), "reconcile")
 
     # --- requests from other processes --------------------------------------------------------------------
-    def _dispatch(self, method: str, params: dict[str, Any]) -> Any:
+    def dispatch(self, method: str, params: dict[str, Any]) -> Any:
         self.served += 1
         if method == "ping":
             return {"pid": os.getpid(), "workspace": str(self.root)}
@@ -337,38 +345,27 @@ class Watcher:
         reader = self.reader
         assert reader is not None
         verb = self.status_of_index if method == "status" else getattr(reader, method)
-        try:
-            inspect.signature(verb).bind(**params)
-        except TypeError as exc:
-            raise BadRequest(f"Bad parameters for {method}: {exc}.") from None
-        with self._query_lock:
+        with self._query_lock:  # params were checked against the method's schema (kb.serve.protocol)
             result = verb(**params)
         return encode(result)
 
     def _answer_index_requests(self) -> None:
+        """One full run answers every ``index`` request waiting now: it starts after all of them asked."""
         with self._lock:
             todo, self._requests = self._requests, []
+        if not todo:
+            return
+        report = self._full("kb index (routed to the watcher)")
+        outcome = {"report": report} if report else {"error": KbError(f"Indexing failed: {self.last_error}")}
         for event, done in todo:
-            report = self._full("kb index (routed to the watcher)")
-            if report is None:
-                done["error"] = KbError(f"Indexing failed: {self.last_error}")
-            else:
-                done["report"] = report
+            done.update(outcome)
             event.set()
 
     # --- health -------------------------------------------------------------------------------------------
     def _check_workspace(self) -> None:
-        try:
-            st = os.stat(self.root)
-            same = (st.st_dev, st.st_ino) == self._identity and (self.root / WORKOS_DIR).is_dir()
-        except OSError:
-            same = False
-        if not same:
-            raise WorkspaceNotFoundError(
-                f"The workspace folder {self.root} was moved or deleted while kb watch was running; kb watch "
-                "stopped (nothing was half-written). Start it again where the workspace is now: "
-                "kb watch --workspace NEW_PATH"
-            )
+        gone = workspace_gone(self.engine.workspace, self._identity)
+        if gone is not None:
+            raise gone
         config = stamp(self.engine.workspace.config_path)
         if config != self._config_stamp:  # settings are read once; say so rather than index with stale ones
             self._config_stamp = config
@@ -393,6 +390,7 @@ class Watcher:
             pending=self.pending,
             last_error=self.last_error,
             last_reindex_at=self.last_reindex_at,
+            served=self.served,
         )
 
     def _write_status(self, running: bool = True) -> None:
