@@ -287,12 +287,13 @@ class IndexEngine:
                 settings.exclude,
                 int(settings.max_file_mb * 1024 * 1024),
                 changed,
+                follow_hardlinks=settings.follow_hardlinks,
             )
             try:
                 self.index(scope=(cands, skipped, sorted(changed | {c.path for c in cands})))
                 out.refreshed = sorted(changed)
                 changed = set()
-            except (IndexLockedError, OSError, sqlite3.Error) as exc:
+            except (IndexLockedError, StorageError, OSError, sqlite3.Error) as exc:  # read-only, disk full
                 out.reason = str(exc).split("\n")[0]
                 log.info("could not re-index changed sources before answering: %s", out.reason)
         elif changed:
