@@ -8,7 +8,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kb.models import Answer, Hit, IndexReport, Status
 from kb.prompts import DRAFT_HEADER, NEAREST_SOURCES, PERSONA_PICKED, REFRESHED_SOURCES, STALE_SOURCES
@@ -20,7 +19,9 @@ class ProgressReporter:
     """A progress callback (stage, done, total) drawn as a Rich progress bar on a terminal."""
 
     def __init__(self, console: Console, enabled: bool):
-        self.enabled = enabled
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.enabled = enabled  # rich.progress is imported here: a client's start pays nothing for it
         self._progress = (
             Progress(
                 TextColumn("{task.description:<18}"),
