@@ -56,7 +56,9 @@ class Calibration:
     heading_floor: float = 0.45  # ... for every unit of cosine(question, heading) above this
     trade_min: float = 0.35
     trade_max: int = 0
-    owner_max: int = 2  # the team directory's lines about a service the question names (its row, its on-call)
+    # The team directory's lines about a service the question names (its row, then one line of another
+    # section). Not tuned: no question of the tuning half names a service; 2 is a design choice.
+    owner_max: int = 2
     aspect_relevance: float = 0.55  # a persona section's unit is about the question ...
     aspect_similarity: float = 0.4  # ... and about the priority
     aspect_sections: int = 2
