@@ -181,7 +181,7 @@ def build_mcp(
         """Find the passages of the workspace's documents most relevant to a query, best first.
 
         Returns {"query", "hits": [{"rank", "score", "path", "start_line", "end_line", "heading", "text",
-        "source_type", "url"?}], "stale"?, "refreshed"?}: each hit is a passage (text) at lines
+        "source_type", "url"?}], "stale", "refreshed"}: each hit is a passage (text) at lines
         start_line-end_line of path, under heading; url is set for fetched web resources. Scores are
         comparable within one result list only. "stale" lists sources changed on disk since they were
         indexed."""
