@@ -77,9 +77,14 @@ class KnowledgeBase:
         """Open the workspace at ``path`` (or find it: ``KB_WORKSPACE``, then the current folder and its
         parents).
 
-        Keyword arguments override settings (``top_k=8``) or inject backends (``embedder=...``).
+        Keyword arguments override settings (``top_k=8``; ``store={"url": ...}`` the ``[store]`` table) or
+        inject backends (``embedder=...``, ``store=`` a :class:`kb.backends.store.Store`).
         """
+        if isinstance(overrides.get("store"), dict):  # the [store] settings, e.g. {"url": ...}; else a Store
+            overrides["store_settings"] = overrides.pop("store")
         backends = {k: overrides.pop(k) for k in BACKENDS if k in overrides}
+        if "store_settings" in overrides:
+            overrides["store"] = overrides.pop("store_settings")
         ws = find_workspace(path)
         return cls(ws, load_settings(ws.config_path, **overrides), **backends)
 
@@ -91,12 +96,13 @@ class KnowledgeBase:
         return connect(self.workspace) if self.route else None
 
     # --- the service verbs --------------------------------------------------------------------------------
-    def index(self, progress: Progress | None = None) -> IndexReport:
-        """Bring the index up to date with the files (incremental; see :mod:`kb.index.indexer`)."""
+    def index(self, progress: Progress | None = None, *, rebuild: bool = False) -> IndexReport:
+        """Bring the index up to date with the files (incremental; see :mod:`kb.index.indexer`); ``rebuild``
+        re-reads and re-embeds everything (after a remote embedding server changed its model)."""
         if (owner := self._owner()) is not None:
             with owner:
-                return owner.index(progress)
-        return self.engine.index(progress)
+                return owner.index(progress, rebuild=rebuild)
+        return self.engine.index(progress, rebuild=rebuild)
 
     def search(
         self,

@@ -28,7 +28,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from kb.errors import IndexCorruptError, IndexLockedError, KbError
+from kb.errors import IndexCorruptError, IndexLockedError, KbError, StoreUnavailableError
 from kb.index.engine import IndexEngine
 from kb.index.indexer import collection_name
 from kb.index.manifest import Manifest
@@ -186,6 +186,9 @@ def _vectors(engine: IndexEngine, manifest: Manifest, add: Add, repair: bool) ->
     store = engine.store
     try:
         store.check()
+    except StoreUnavailableError as exc:  # a Chroma server down is not damage: nothing to repair here
+        add(DoctorCheck("vectors", False, str(exc), "start the Chroma server (or fix KB_CHROMA_URL)"))
+        return
     except IndexCorruptError as exc:
         check = DoctorCheck(
             "vectors",
@@ -225,8 +228,11 @@ def _collections(engine: IndexEngine, add: Add, repair: bool) -> None:
     listing = getattr(engine.store, "collections", None)
     if listing is None:
         return
-    current = collection_name(engine.fingerprint)
-    others = [n for n in listing() if n != current]
+    current = getattr(engine.store, "collection_name", None) or collection_name(engine.fingerprint)
+    try:
+        others = [n for n in listing() if n != current]
+    except StoreUnavailableError:  # said by the vectors check
+        return
     if not others:
         add(DoctorCheck("collections", True, "no vectors of other settings kept"))
         return

@@ -10,6 +10,7 @@
     ├── IndexLockedError         another kb process is writing this index (exit 4)
     ├── GeneratorError           the language model backend failed (unreachable, bad key, unknown model, ...)
     ├── IndexCorruptError        the index cannot be read and was not repaired
+    ├── StoreUnavailableError    the vector store (a Chroma server) is unreachable or did not answer in time
     ├── StorageError             the file system failed: disk full, read-only, I/O error, a folder gone
     ├── DatasetError             an evaluation dataset or question file that cannot be read
     ├── SourceNotFoundError      a path that is not an indexed source (read_source, ``kb://`` resources)
@@ -68,6 +69,11 @@ class GeneratorError(KbError):
 
 class IndexCorruptError(KbError):
     pass
+
+
+class StoreUnavailableError(KbError):
+    """The vector store cannot be reached (a Chroma server down, refusing, or too slow); nothing was
+    half-written: the next run completes the work."""
 
 
 class DatasetError(KbError):

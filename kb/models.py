@@ -292,6 +292,22 @@ class WatcherStatus(_Dict):
     last_error: str | None = None
     last_reindex_at: float | None = None
     served: int = 0  # requests answered for other processes (search, ask, status, index, ...)
+    store_down_since: float | None = None  # the vector store stopped answering; changes wait (pending)
+    next_retry_at: float | None = None  # when the waiting changes are tried again
+
+
+@dataclass
+class StoreStatus(_Dict):
+    """Where a workspace's vectors live, as ``kb status`` shows it."""
+
+    kind: str  # "embedded" (a Chroma folder in the workspace) or "server" (a Chroma server)
+    location: str  # the folder, or the server's URL
+    collection: str  # the collection of the current index settings
+    collections: list[str] | None = None  # this workspace's collections, no one else's (None: not asked)
+    vectors: int | None = None  # vectors in ``collection`` (None: not asked, or the store did not answer)
+    error: str | None = None  # why the store could not be asked
+    tenant: str | None = None
+    database: str | None = None
 
 
 @dataclass
@@ -306,6 +322,7 @@ class Status(_Dict):
     last_indexed_at: float | None
     sources: list[SourceStatus] = field(default_factory=list)
     watcher: WatcherStatus | None = None  # None: kb watch never ran here
+    store: StoreStatus | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()

@@ -7,12 +7,18 @@ then the current directory and its parents (as git finds a repository). All of k
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from ingest.layout import CONFIG_NAME, PERSONAS_DIR, SCAFFOLD_DIRS, STATE_DIR, WORKOS_DIR
 from kb.errors import WorkspaceNotFoundError
+
+log = logging.getLogger(__name__)
+
+ID_FILE = "workspace-id"
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,50 @@ class Workspace:
         if not ignore.exists():
             ignore.write_text("# kb's index: rebuilt by `kb index`, never committed\n*\n", encoding="utf-8")
         return self.state_dir
+
+    def workspace_id(self) -> str:
+        """This workspace's stable id (16 hex digits), created once in ``.workos/.kb/workspace-id``.
+
+        A shared Chroma server names this workspace's collections after it, so moving the folder keeps its
+        index. The file also records the folder it was made for: when it turns up in another folder while
+        the original still holds the same id, this is a *copy*, and the copy gets an id of its own (two
+        workspaces must never write into one collection)."""
+        path = self.state_dir / ID_FILE
+        wsid, recorded = _read_id(path)
+        here = str(self.root)
+        if wsid and recorded != here:
+            if recorded and _read_id(Path(recorded) / STATE_DIR / ID_FILE)[0] == wsid:
+                log.info("%s is a copy of the workspace %s: it gets an id of its own", here, recorded)
+                wsid = None
+        if wsid is not None and recorded == here:
+            return wsid
+        self.ensure_state_dir()
+        tmp = path.with_name(f"{ID_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(f"{wsid or secrets.token_hex(8)}\n{here}\n", encoding="utf-8")
+        if not path.exists():  # a new id: the first process to write it wins
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
+        found = _read_id(path)[0]
+        if found is None:  # pragma: no cover - the file was replaced by something unreadable meanwhile
+            raise WorkspaceNotFoundError(f"Cannot read {path}: delete it and run kb index again.")
+        return found
+
+
+def _read_id(path: Path) -> tuple[str | None, str | None]:
+    """(id, folder it was made for) from a workspace-id file; (None, None) when absent or unreadable."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None, None
+    wsid = lines[0].strip() if lines else ""
+    if len(wsid) != 16 or any(c not in "0123456789abcdef" for c in wsid):
+        return None, None
+    return wsid, (lines[1].strip() if len(lines) > 1 else None)
 
 
 def _is_workspace(path: Path) -> bool:

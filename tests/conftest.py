@@ -8,6 +8,13 @@ subprocess runner, the citation check, the web mirror, ...) live in :mod:`kb.tes
 * ``indexed``: that copy, indexed once per session with the real model and a real Chroma (copied per test).
 * ``server``: a :class:`kb.testing.WebMirror` on 127.0.0.1 serving ``../shared/resources`` under ``/res/`` and
   a per-test folder (with a junk-laden HTML page) under ``/site/``, plus fault routes for the fetcher's tests.
+* ``chroma_server``: a real Chroma server (``chroma run --path <tmp> --host 127.0.0.1 --port <free>``, ready
+  once ``GET /api/v2/heartbeat`` answers, stopped with SIGTERM) of the test's own, which it may stop, kill,
+  pause and restart (:class:`kb.testing.services.ChromaServer`).
+
+``KB_TEST_STORE=server pytest ...`` runs the tests against a Chroma server instead of the embedded store: one
+server for the session, every test's workspace in its own collections on it (``KB_CHROMA_URL``). Tests that
+look inside the embedded folder are marked ``embedded_only``.
 """
 
 from __future__ import annotations
@@ -22,14 +29,41 @@ from urllib.parse import parse_qs
 import pytest
 
 from kb.testing import MirrorHandler, WebMirror, copy_workspace
+from kb.testing.services import ChromaServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 RESOURCES = ROOT.parent / "shared" / "resources"
+STORE = os.environ.get("KB_TEST_STORE", "embedded")  # read before any fixture clears the KB_* variables
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if STORE == "server":
+        skip = pytest.mark.skip(reason="looks inside the embedded Chroma folder (KB_TEST_STORE=server)")
+        for item in items:
+            if "embedded_only" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def _session_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """With KB_TEST_STORE=server, one Chroma server for the session and its URL; else None."""
+    if STORE != "server":
+        yield None
+        return
+    base = tmp_path_factory.mktemp("session-chroma")
+    with ChromaServer(base / "data", base / "chroma.log") as url:
+        os.environ["KB_CHROMA_URL"] = url
+        try:
+            yield url
+        finally:
+            os.environ.pop("KB_CHROMA_URL", None)
 
 
 @pytest.fixture(autouse=True)
-def _offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _offline_and_isolated(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, _session_store: str | None
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("ANONYMIZED_TELEMETRY", "False")
@@ -37,6 +71,19 @@ def _offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     for key in list(os.environ):
         if key.startswith("KB_") and key != "KB_MODEL_CACHE_DIR":
             monkeypatch.delenv(key)
+    if _session_store:
+        monkeypatch.setenv("KB_CHROMA_URL", _session_store)
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[ChromaServer]:
+    """A Chroma server of this test's own (it may stop, kill, pause or restart it); stopped with SIGTERM."""
+    server = ChromaServer(tmp_path / "chroma-server", tmp_path / "chroma-server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +102,9 @@ def workspace(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _indexed_master(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
+def _indexed_master(
+    tmp_path_factory: pytest.TempPathFactory, model_cache: Path, _session_store: str | None
+) -> Path:
     from kb import KnowledgeBase
 
     ws = copy_workspace(DATA, tmp_path_factory.mktemp("indexed") / "ws")
@@ -69,6 +118,11 @@ def indexed(tmp_path: Path, _indexed_master: Path) -> Path:
     """A private copy of the indexed sample workspace (index included)."""
     dest = tmp_path / "ws"
     shutil.copytree(_indexed_master, dest, symlinks=True)
+    if STORE == "server":  # a copy gets a workspace id (collections) of its own: fill them from the manifest
+        from kb import KnowledgeBase
+
+        with KnowledgeBase.open(dest) as kb:
+            assert kb.index().chunks_embedded == 0
     return dest
 
 

@@ -7,9 +7,11 @@ by doctor and repaired by ``kb search``/``ask`` at open time.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import chromadb
 import pytest
@@ -20,6 +22,7 @@ from kb.errors import IndexLockedError
 from kb.models import DoctorReport
 from kb.serve.client import socket_path
 from kb.testing import FakeEmbedder, run_kb, small_workspace, watcher_thread
+from kb.workspace import find_workspace
 
 
 def checks(report: DoctorReport) -> dict[str, tuple[bool, bool]]:
@@ -32,11 +35,31 @@ def doctor(ws: Path, emb: FakeEmbedder | None = None, **kw: bool) -> DoctorRepor
         return kb.doctor(**kw)
 
 
+def chroma_client(ws: Path) -> tuple[Any, str]:
+    """A Chroma client of the workspace's vectors, and the prefix of its collections: the embedded folder, or
+    the Chroma server (``KB_TEST_STORE=server``), where the workspace's collections carry its id."""
+    url = os.environ.get("KB_CHROMA_URL")
+    if url is None:
+        return chromadb.PersistentClient(path=str(ws / ".workos/.kb/chroma")), "kb_"
+    port = int(url.rsplit(":", 1)[1])
+    return chromadb.HttpClient(host="127.0.0.1", port=port), f"kb_{find_workspace(ws).workspace_id()}_"
+
+
 def empty_chroma(ws: Path) -> None:
     """The issue's repro: the vector index's database emptied under a complete manifest (and this process's
-    Chroma client of that folder forgotten, as it would be in the next ``kb`` process)."""
-    (ws / ".workos/.kb/chroma/chroma.sqlite3").write_bytes(b"")
-    forget_client(ws / ".workos/.kb/chroma")
+    Chroma client of that folder forgotten, as it would be in the next ``kb`` process). On a Chroma server:
+    the workspace's collection emptied there."""
+    if os.environ.get("KB_CHROMA_URL") is None:
+        (ws / ".workos/.kb/chroma/chroma.sqlite3").write_bytes(b"")
+        forget_client(ws / ".workos/.kb/chroma")
+        return
+    client, prefix = chroma_client(ws)
+    db = sqlite3.connect(ws / ".workos/.kb/manifest.sqlite3")
+    (fingerprint,) = db.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+    db.close()
+    collection = client.get_collection(prefix + fingerprint)
+    collection.delete(ids=collection.get(include=[])["ids"])
+    assert collection.count() == 0
 
 
 @pytest.fixture
@@ -125,8 +148,8 @@ def test_damaged_folders_are_removed_only_when_asked(small: Path) -> None:
 
 
 def test_vectors_of_old_settings_are_dropped(small: Path) -> None:
-    client = chromadb.PersistentClient(path=str(small / ".workos/.kb/chroma"))
-    client.get_or_create_collection("kb_0123456789abcdef", embedding_function=None)
+    client, prefix = chroma_client(small)
+    client.get_or_create_collection(prefix + "0123456789abcdef", embedding_function=None)
     assert checks(doctor(small))["collections"] == (False, False)
     assert checks(doctor(small, repair=True))["collections"] == (False, True)
     assert doctor(small).problems == []
@@ -176,6 +199,7 @@ def test_cli_exit_codes_and_json(indexed: Path) -> None:
     assert run_kb("doctor", "--workspace", indexed).returncode == 0
 
 
+@pytest.mark.embedded_only  # on a server: tests/test_store_server.py (a vanished collection is refilled)
 def test_search_rebuilds_a_vector_index_it_cannot_open(small: Path) -> None:
     (small / ".workos/.kb/chroma/chroma.sqlite3").write_bytes(b"this is not a database" * 100)
     forget_client(small / ".workos/.kb/chroma")

@@ -148,10 +148,8 @@ def test_chunking_change_rebuilds_without_mixing(indexed: Path) -> None:
     assert report.chunks_total > 0
     ids, chroma = consistent(kb)
     assert ids == chroma
-    import chromadb
-
-    client = chromadb.PersistentClient(path=str(indexed / ".workos/.kb/chroma"))
-    assert len(client.list_collections()) == 1, "the old settings' collection is dropped"
+    store = kb.engine.store.status()
+    assert store.collections == [store.collection], "the old settings' collection is dropped"
     # the old settings are refused until reindexed, instead of mixing vectors
     with pytest.raises(Exception, match="kb index"):
         KnowledgeBase.open(indexed).search("pagination")
@@ -220,7 +218,7 @@ def test_kb_index_exit_codes_2_and_4_from_the_cli(indexed: Path) -> None:
 KILLER = """
 import os, signal, sys
 from kb import KnowledgeBase
-from kb.backends.store import ChromaStore
+from kb.backends.store import ChromaCollection  # both stores' writes (embedded folder, Chroma server)
 from kb.index.indexer import Indexer
 from kb.index.manifest import Manifest
 
@@ -245,11 +243,11 @@ def before(cls, name, when=lambda *a: True):  # kill when cls.name is called
     setattr(cls, name, wrapper)
 
 if point == "after-upsert":      # new chunks are in Chroma; the manifest has not committed
-    after(ChromaStore, "upsert")
+    after(ChromaCollection, "upsert")
 elif point == "before-commit":   # every manifest row written, inside the uncommitted transaction
     before(Manifest, "stamp")
 elif point == "after-commit":    # the manifest committed; stale chunks still in Chroma
-    before(ChromaStore, "delete", lambda ids: len(ids) > 0)
+    before(ChromaCollection, "delete", lambda ids: len(ids) > 0)
 elif point == "after-delete":    # stale chunks deleted; reconcile not run
     before(Indexer, "reconcile")
 elif point == "before-prune":    # reconciled; the vector cache not pruned
@@ -355,6 +353,7 @@ def test_killed_run_leaves_previous_or_new_state_and_next_run_reconciles(
     kb.close()
 
 
+@pytest.mark.embedded_only  # on a server: tests/test_store_server.py (a vanished collection is refilled)
 def test_corrupt_chroma_is_rebuilt_from_manifest_without_embedding(indexed: Path) -> None:
     chroma = indexed / ".workos/.kb/chroma/chroma.sqlite3"
     chroma.write_bytes(b"this is not a database" * 100)

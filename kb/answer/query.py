@@ -33,6 +33,7 @@ MAX_QUERY_CHARS = 4000
 #: Hits retrieved from the team's own sources (context files, PRDs) besides the question's top k.
 TEAM_HITS = 6
 _OWNS = re.compile(r"\bown", re.I)  # a context file "I use" for who owns what: the team directory
+READ_TRIES = 3  # a search is read again (at most this often) when a writer committed while it ran
 
 
 class Query:
@@ -75,11 +76,16 @@ class Query:
         query = clean_query(query)
         mode = mode or self.settings.search_mode
         filters = Filters.make(source_type, path)
-        manifest, store = self.engine.ready()
+        self.engine.ready()
         vector = self.engine.embedder.embed([query])[0] if mode != "bm25" else None
-        found = retrieve(manifest, store, query, vector, k, mode, filters, embed=self.engine.embed_cached)
-        scored = self._rerank(manifest, query, found, k)
-        return hits_of(manifest, scored, k)
+        embed = self.engine.embed_cached
+        for _ in range(READ_TRIES):  # read again if a writer committed meanwhile: one state, never a mix
+            with self.engine.snapshot() as (manifest, store, seq):
+                scored = retrieve(manifest, store, query, vector, k, mode, filters, embed=embed)
+                hits = hits_of(manifest, self._rerank(manifest, query, scored, k), k)
+            if not self.engine.committed_since(seq):
+                break
+        return hits
 
     def _rerank(self, manifest: Manifest, query: str, scored: list[Scored], k: int) -> list[Scored]:
         reranker = self.reranker
@@ -138,40 +144,66 @@ class Query:
         qvec = self.engine.embedder.embed([question])[0]
         chosen, picked = self.choose_persona(qvec, persona or self.settings.persona)
         k = k or self.settings.top_k
-        manifest, store = self.engine.ready()
+        self.engine.ready()
         embed = self.engine.embed_cached
         reads_first = [f for f, _ in chosen.context_files] if chosen else []
+        aspects = chosen.always_consider if chosen else []
+        aspect_vectors = embed(self._aspect_texts(chosen))
+        team = Filters.make(
+            [t for t in TEAM_TYPES if not filters.source_types or t in filters.source_types], path
+        )
+        directory = [f for f, why in (chosen.context_files if chosen else []) if _OWNS.search(why)]
+        for _ in range(READ_TRIES):  # read again if a writer committed meanwhile: one state, never a mix
+            with self.engine.snapshot() as (manifest, store, seq):
+                evidence = self._gather(
+                    manifest, store, question, qvec, k, mode, filters, team, directory, reads_first
+                )
+                # The persona's priorities decide what further evidence is looked for: the question, steered
+                # towards each priority.
+                for aspect, vec in zip(aspects, aspect_vectors, strict=True):
+                    steered = qvec + vec
+                    steered /= max(float((steered @ steered) ** 0.5), 1e-12)
+                    found = retrieve(
+                        manifest, store, question, steered, 8, "dense", filters, candidates=8, priors=False
+                    )
+                    evidence.aspects[aspect.label] = hits_of(manifest, found, 3)
+                    evidence.aspect_vectors[aspect.label] = vec
+            if not self.engine.committed_since(seq):
+                break
+        evidence.still_there = CurrentLines(
+            self.engine.workspace.root, stale, int(self.settings.max_file_mb * 1024 * 1024)
+        )
+        return evidence, chosen, picked
+
+    def _gather(
+        self,
+        manifest: Manifest,
+        store: Any,
+        question: str,
+        qvec: np.ndarray,
+        k: int,
+        mode: str,
+        filters: Filters,
+        team: Filters,
+        directory: list[str],
+        reads_first: list[str],
+    ) -> Evidence:
+        """The question's hits, the team's own hits (whole sections) and the team directory's hits on a
+        service the question names, from one state of the index."""
+        embed = self.engine.embed_cached
 
         def hits(query: str, vec: np.ndarray, n: int, flt: Filters, rerank: bool = False) -> list[Hit]:
             found = retrieve(manifest, store, query, vec, n, mode, flt, embed=embed, boost=reads_first)
             return hits_of(manifest, self._rerank(manifest, query, found, n) if rerank else found, n)
 
         evidence = Evidence(question, hits(question, qvec, k, filters, rerank=True))
-        evidence.still_there = CurrentLines(
-            self.engine.workspace.root, stale, int(self.settings.max_file_mb * 1024 * 1024)
-        )
-        team = Filters.make(
-            [t for t in TEAM_TYPES if not filters.source_types or t in filters.source_types], path
-        )
         if team.source_types:
             evidence.team = whole_sections(manifest, hits(question, qvec, TEAM_HITS, team))
         evidence.entities = entities(question)
-        directory = [f for f, why in (chosen.context_files if chosen else []) if _OWNS.search(why)]
         if evidence.entities and directory:
             query = f"{question} {' '.join(evidence.entities)} owner"
             evidence.owners = hits(query, qvec, 3, Filters.make(None, directory))
-        # The persona's priorities decide what further evidence is looked for: the question, steered towards
-        # each priority.
-        aspects = chosen.always_consider if chosen else []
-        for aspect, vec in zip(aspects, self.engine.embed_cached(self._aspect_texts(chosen)), strict=True):
-            steered = qvec + vec
-            steered /= max(float((steered @ steered) ** 0.5), 1e-12)
-            found = retrieve(
-                manifest, store, question, steered, 8, "dense", filters, candidates=8, priors=False
-            )
-            evidence.aspects[aspect.label] = hits_of(manifest, found, 3)
-            evidence.aspect_vectors[aspect.label] = vec
-        return evidence, chosen, picked
+        return evidence
 
     def persona(self, name: str) -> Persona:
         return get_persona(name, self.engine.workspace.personas_dir)

@@ -27,6 +27,8 @@ import numpy as np
 
 from kb.backends.model_folder import ModelFolder
 from kb.backends.onnx_export import export_onnx
+from kb.backends.openai_embed import PREFIX as OPENAI_PREFIX
+from kb.backends.openai_embed import OpenAIEmbedder
 from kb.errors import EmbedderError
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "LockedEmbedder",
     "ModelFolder",
     "OnnxEmbedder",
+    "OpenAIEmbedder",
     "TorchEmbedder",
     "export_onnx",
     "make_embedder",
@@ -46,9 +49,18 @@ log = logging.getLogger(__name__)
 class Embedder(Protocol):
     """What kb needs from an embedding model."""
 
-    model_id: str  # identifies the weights: vectors of two model_ids are never mixed
-    dimensions: int
-    max_tokens: int  # the model's window, special tokens included
+    @property
+    def model_id(self) -> str:
+        """Identifies the weights: vectors of two model_ids are never mixed."""
+        ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int:
+        """The model's window, special tokens included."""
+        ...
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised float32 vectors, shape (len(texts), dimensions)."""
@@ -165,8 +177,12 @@ class TorchEmbedder(_TokenCounting):
         return np.asarray(vecs, dtype=np.float32)
 
 
-def make_embedder(spec: str, runtime: str, cache_dir: Path) -> Embedder:
-    """Build the embedder named by ``spec`` (``st:<name or path>``) for ``runtime`` ('onnx' or 'torch')."""
+def make_embedder(spec: str, runtime: str, cache_dir: Path, **remote: Any) -> Embedder:
+    """Build the embedder named by ``spec``: ``st:<name or path>`` for ``runtime`` ('onnx' or 'torch'), or
+    ``openai-compatible:<model>`` (``remote``: ``base_url``, ``api_key``, ``timeout``, ``retries``,
+    ``batch_size``; see :mod:`kb.backends.openai_embed`)."""
+    if spec.startswith(OPENAI_PREFIX):
+        return OpenAIEmbedder(spec[len(OPENAI_PREFIX) :], **remote)
     folder = ModelFolder(spec)
     if runtime == "torch":
         return TorchEmbedder(folder)

@@ -69,7 +69,17 @@ def init(
 
 
 @app.command()
-def index(workspace: WorkspaceOpt = None, json_out: JsonOpt = False, server: ServerOpt = None) -> None:
+def index(
+    workspace: WorkspaceOpt = None,
+    json_out: JsonOpt = False,
+    server: ServerOpt = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild", help="Re-read and re-embed everything (the embedding server changed its model)."
+        ),
+    ] = False,
+) -> None:
     """Index the workspace (incremental: only what changed is re-read and re-embedded).
 
     Example: kb index --workspace ./acme --json
@@ -78,7 +88,7 @@ def index(workspace: WorkspaceOpt = None, json_out: JsonOpt = False, server: Ser
 
     kb = serving(workspace, server)
     with progress_bar(json_out) as progress:
-        report = kb.index(progress=progress)
+        report = kb.index(progress=progress, rebuild=rebuild)
     if json_out:
         return print_json(report.to_dict())
     print_index_report(out, report)

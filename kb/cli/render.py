@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from kb.models import Answer, Hit, IndexReport, Status
+from kb.models import Answer, Hit, IndexReport, Status, StoreStatus
 from kb.prompts import DRAFT_HEADER, NEAREST_SOURCES, PERSONA_PICKED, REFRESHED_SOURCES, STALE_SOURCES
 
 _STAGES = {"scan": "Reading files", "embed": "Embedding chunks", "write": "Writing index", "done": "Done"}
@@ -152,9 +152,25 @@ def print_status(out: Console, st: Status) -> None:
     out.print(f"workspace     {escape(st.workspace)}")
     out.print(f"index folder  {escape(st.index_dir)}")
     out.print(f"model         {escape(st.model)} ({st.embedder_runtime})")
+    if st.store is not None:
+        print_store(out, st.store)
     out.print(f"sources       {st.sources_count}   chunks {st.chunks_count}   last indexed {when}")
     for s in st.sources:
         out.print(f"  {escape(s.path):<60} {s.chunks:>4} chunks  {s.content_hash[:12]}")
+
+
+def print_store(out: Console, store: StoreStatus) -> None:
+    """``store  server http://chroma:8000 · collection kb_…`` (or the embedded folder)."""
+    where = f"{store.kind} {store.location}"
+    if store.tenant and (store.tenant, store.database) != ("default_tenant", "default_database"):
+        where += f" ({store.tenant}/{store.database})"
+    vectors = f" · {store.vectors} vectors" if store.vectors is not None else ""
+    out.print(f"store         {escape(where)} · collection {escape(store.collection or '?')}{vectors}")
+    others = [c for c in store.collections or [] if c != store.collection]
+    if others:
+        out.print(f"  older collections of this workspace: {escape(', '.join(others))}")
+    if store.error:
+        out.print(f"  [yellow]store error[/]  {escape(store.error)}")
 
 
 def print_eval(out: Console, reports: list[Any]) -> None:

@@ -11,29 +11,38 @@ one-line :class:`kb.errors.StorageError` and leaves the index as it was — neve
 vector index aside; a vector index that cannot be read for another reason is moved aside and rebuilt from the
 manifest. At open time, a vector index holding another number of chunks than the manifest lists (an emptied
 ``chroma.sqlite3``: dense search would silently find nothing) is repaired from the cached vectors.
+
+Many processes: the manifest's ``commit_seq`` moves with every commit; an engine whose store view is older
+(another process wrote) re-opens the store before reading (:meth:`IndexEngine.snapshot`), so a long-lived
+reader sees new content without being reopened by hand. The backends come from :mod:`kb.index.wiring`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ingest.discovery import discover, discover_paths
-from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
-from kb.backends.embedders import Embedder, LockedEmbedder, make_embedder
-from kb.backends.store import ChromaStore, Store
-from kb.errors import EmptyIndexError, IndexCorruptError, IndexLockedError, StorageError, storage_error
-from kb.index.indexer import Indexer, Progress, Scope, collection_name, fingerprint, text_hash
+from kb.backends.embedders import Embedder, LockedEmbedder
+from kb.backends.store import Store
+from kb.errors import (
+    EmptyIndexError,
+    IndexCorruptError,
+    IndexLockedError,
+    KbError,
+    StorageError,
+    storage_error,
+)
+from kb.index.changes import changed_paths, paths_under, refresh
+from kb.index.indexer import Indexer, Progress, Scope, fingerprint, text_hash
 from kb.index.manifest import Manifest
+from kb.index.wiring import check_probe, embedder_from, forget_probe, record_probe, store_from
 from kb.locks import Busy, file_lock
-from kb.models import Freshness, IndexReport, SourceStatus, Status, WatcherStatus
+from kb.models import Freshness, IndexReport, SourceStatus, Status, StoreStatus, WatcherStatus
 from kb.settings import Settings
 from kb.workspace import Workspace
 
@@ -66,16 +75,15 @@ class IndexEngine:
         self._manifest: Manifest | None = None
         self._fingerprint: str | None = None
         self._locked = False
+        self._seen: int | None = None  # the manifest's commit_seq this engine's store view reflects
+        self._probed = False
         self._store_checked = False
 
     # --- backends -----------------------------------------------------------------------------------------
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            cache = self.settings.model_cache_dir or (self.workspace.state_dir / "models")
-            self._embedder = make_embedder(
-                self.settings.embedder, self.settings.embedder_runtime, Path(cache)
-            )
+            self._embedder = embedder_from(self.settings, self.workspace)
         return self._embedder
 
     def share_embedder(self) -> LockedEmbedder:
@@ -95,7 +103,9 @@ class IndexEngine:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = ChromaStore(self.workspace.state_dir / "chroma", collection_name(self.fingerprint))
+            self._store = store_from(self.settings, self.workspace, self.fingerprint)
+            if self._manifest is not None:
+                self._seen = self._manifest.commit_seq()
         return self._store
 
     @property
@@ -141,10 +151,47 @@ class IndexEngine:
                 "The index was built with other settings (embedding model, chunking or [secrets]) than the "
                 "current ones. Run: kb index (it rebuilds automatically)."
             )
+        self.check_embedder(manifest)
+        self.follow(manifest.commit_seq())
         if not self._store_checked:
             self._check_store(manifest)
             self._store_checked = True
         return manifest, self.store
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[tuple[Manifest, Store, int]]:
+        """Manifest and store for one consistent read, and the commit it reflects: every manifest query
+        inside sees that one committed state, and the store view is at least as new (re-opened when another
+        process committed since). The vector store has no transactions: a reader compares
+        :meth:`committed_since` afterwards and reads again if a commit landed meanwhile
+        (:class:`kb.answer.query.Query` does)."""
+        manifest, _ = self.ready()
+        with manifest.read_transaction():
+            seq = manifest.commit_seq()
+            self.follow(seq)
+            yield manifest, self.store, seq
+
+    def committed_since(self, seq: int) -> bool:
+        """Whether a writer committed after the commit ``seq`` (a cheap query)."""
+        return self.reader().commit_seq() != seq
+
+    def follow(self, seq: int) -> None:
+        """The manifest is at commit ``seq``: if that is not what this engine's store view reflects, another
+        process wrote; re-open the store (embedded Chroma keeps serving what it loaded otherwise). A store
+        that was injected, or that this engine wrote itself, is current already."""
+        if self._seen is not None and seq != self._seen and self._owns_store and self._store is not None:
+            log.debug(
+                "index commit %s -> %s by another process: re-opening the vector store", self._seen, seq
+            )
+            self._store.reopen()
+        self._seen = seq
+
+    def check_embedder(self, manifest: Manifest) -> None:
+        """A remote embedder (``openai-compatible:``) may change its model behind the same name: its vector
+        of a fixed probe text must still be the one recorded when the index was built (once per engine)."""
+        if not self._probed:
+            check_probe(self.embedder, manifest)
+            self._probed = True
 
     def _check_store(self, manifest: Manifest) -> None:
         """Once per engine, before the first query: does the vector index hold as many chunks as the
@@ -178,9 +225,13 @@ class IndexEngine:
         """Make the vector index hold exactly the manifest's chunks (the caller holds the write lock): orphans
         deleted, missing chunks restored from cached vectors (``embed``: embedding those not cached)."""
         manifest = self._manifest or self.manifest()
-        return Indexer(self.workspace.root, self.settings, manifest, self.store, self.embedder).reconcile(
-            embed
-        )
+        indexer = Indexer(self.workspace.root, self.settings, manifest, self.store, self.embedder)
+        repaired = indexer.reconcile(embed)
+        if repaired:  # readers in other processes re-open the vector store
+            with manifest.db:
+                manifest.bump_commit()
+            self._seen = manifest.commit_seq()
+        return repaired
 
     # --- writing ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -203,60 +254,49 @@ class IndexEngine:
                 "Wait for it to finish (or stop it) and try again."
             ) from None
 
-    def index(self, progress: Progress | None = None, scope: Scope | None = None) -> IndexReport:
+    def index(
+        self, progress: Progress | None = None, scope: Scope | None = None, *, rebuild: bool = False
+    ) -> IndexReport:
         """Bring the index up to date with the files (incremental; see :mod:`kb.index.indexer`); ``scope``
-        restricts the run to some paths (``kb watch``'s targeted runs). A file system failure is a one-line
+        restricts the run to some paths (``kb watch``'s targeted runs); ``rebuild`` re-reads and re-embeds
+        everything (the embedding model behind a name changed). A file system failure is a one-line
         :class:`StorageError`; the index is left as it was, and the next run completes it."""
         try:
-            return self._index(progress, scope)
+            return self._index(progress, scope, rebuild)
         except (OSError, sqlite3.Error) as exc:
             failure = storage_error(exc, self.workspace.state_dir)
             if failure is None:
                 raise
             raise failure from None
 
-    def _index(self, progress: Progress | None, scope: Scope | None) -> IndexReport:
+    def _index(self, progress: Progress | None, scope: Scope | None, rebuild: bool) -> IndexReport:
         with self.write_lock():
-            manifest, store = self.manifest(), self.store
+            manifest = self.manifest()
+            if rebuild:
+                forget_probe(self.embedder, manifest)
+                self._probed = True
+            elif manifest.get_meta("fingerprint") == self.fingerprint:
+                self.check_embedder(manifest)
+            self.follow(manifest.commit_seq())
+            store = self.store
             repaired: list[str] = []
             try:
                 store.check()
             except IndexCorruptError as exc:
                 repaired.append(f"vector index could not be opened ({exc}); {store.reset()} and rebuilt")
             report = Indexer(
-                self.workspace.root, self.settings, manifest, store, self.embedder, progress
+                self.workspace.root, self.settings, manifest, store, self.embedder, progress, rebuild=rebuild
             ).run(scope)
+            self._seen = manifest.commit_seq()  # this engine's own writes: its store view has them
             report.repaired = repaired + report.repaired
+            record_probe(self.embedder, manifest)
             if scope is None:
                 store.drop_other_collections()
             return report
 
     def changed_paths(self, unloadable: dict[str, tuple[int, int]] | None = None) -> set[str]:
-        """Paths whose files differ from the index by size or mtime, or are gone, or are new (nothing is read:
-        a stat per file). ``unloadable``: new files known to hold nothing indexable at that (size, mtime)."""
-        unloadable = unloadable or {}
-        settings = self.settings
-        cands, skipped = discover(
-            self.workspace.root,
-            DEFAULT_INCLUDE + settings.include,
-            settings.exclude,
-            int(settings.max_file_mb * 1024 * 1024),
-            follow_hardlinks=settings.follow_hardlinks,
-        )
-        old = self.manifest().sources()
-        held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
-        dirty = {
-            c.path
-            for c in cands
-            if (c.path not in old and unloadable.get(c.path) != (c.size, c.mtime_ns))
-            or (c.path in old and (old[c.path].size, old[c.path].mtime_ns) != (c.size, c.mtime_ns))
-        }
-        present = {c.path for c in cands}
-        dirty |= {p for p in old if p not in present and p not in held}
-        dirty |= {
-            s.path for s in skipped if s.path in old and not s.reason.startswith(("cannot", "permission"))
-        }
-        return dirty
+        """Paths whose files differ from the index (see :func:`kb.index.changes.changed_paths`)."""
+        return changed_paths(self.workspace.root, self.settings, self.manifest(), unloadable)
 
     def stale_paths(self) -> list[str]:
         """Indexed sources whose file changed (size or mtime) or vanished since they were indexed: a stat per
@@ -267,56 +307,13 @@ class IndexEngine:
         return sorted(p for p in self.changed_paths() if p in known)
 
     def refresh(self, max_files: int) -> Freshness:
-        """Re-index what changed on disk since it was indexed (at most ``max_files`` files, in one targeted
-        incremental run), before a one-shot search or answer; what is left is reported as ``stale``.
-
-        Nothing is done when nothing is indexed or the index was built with other settings (the query says
-        so). A write lock held by another process, or a read-only index, leaves the changes stale.
-        """
-        started = time.perf_counter()
-        out = Freshness()
-        if not self.has_index() or self.reader().get_meta("fingerprint") != self.fingerprint:
-            return out
-        known = self.reader().sources()
-        changed = self.changed_paths()
-        if changed and len(changed) <= max_files:
-            settings = self.settings
-            cands, skipped = discover_paths(
-                self.workspace.root,
-                DEFAULT_INCLUDE + settings.include,
-                settings.exclude,
-                int(settings.max_file_mb * 1024 * 1024),
-                changed,
-                follow_hardlinks=settings.follow_hardlinks,
-            )
-            try:
-                self.index(scope=(cands, skipped, sorted(changed | {c.path for c in cands})))
-                out.refreshed = sorted(changed)
-                changed = set()
-            except (IndexLockedError, StorageError, OSError, sqlite3.Error) as exc:  # read-only, disk full
-                out.reason = str(exc).split("\n")[0]
-                log.info("could not re-index changed sources before answering: %s", out.reason)
-        elif changed:
-            out.reason = f"{len(changed)} files changed, more than refresh_max_files ({max_files})"
-        out.stale = sorted(p for p in changed if p in known)
-        out.ms = round((time.perf_counter() - started) * 1000, 2)
-        return out
+        """Re-index what changed on disk since it was indexed (at most ``max_files`` files), before a one-shot
+        search or answer; what is left is reported as ``stale`` (see :func:`kb.index.changes.refresh`)."""
+        return refresh(self, max_files)
 
     def paths_under(self, folders: set[str]) -> set[str]:
-        """Every path under ``folders`` (relative), on disk or in the index: what a folder event may have
-        touched (a moved, deleted or renamed folder)."""
-        root = self.workspace.root
-        known = list(self.manifest().sources())
-        covered: set[str] = set()
-        for d in folders:
-            covered.update(p for p in known if p.startswith(d + "/"))
-            base = root / d
-            if base.is_dir() and not base.is_symlink():
-                for dirpath, dirnames, filenames in os.walk(base):
-                    dirnames[:] = [n for n in dirnames if n not in PRUNED_DIRS]
-                    here = Path(dirpath).relative_to(root).as_posix()
-                    covered.update(f"{here}/{n}" for n in filenames)
-        return covered
+        """Every path under ``folders``, on disk or in the index (:func:`kb.index.changes.paths_under`)."""
+        return paths_under(self.workspace.root, self.manifest(), folders)
 
     # --- cached embeddings --------------------------------------------------------------------------------
     def embed_cached(self, texts: Sequence[str]) -> np.ndarray:
@@ -342,6 +339,15 @@ class IndexEngine:
         """Chunks per indexed path ({} when nothing is indexed)."""
         return self.reader().chunk_counts() if self.has_index() else {}
 
+    def store_status(self) -> StoreStatus:
+        """Which store holds the vectors (the folder or the server's URL) and this workspace's collections."""
+        try:
+            return self.store.status()
+        except KbError as exc:  # e.g. a remote embedder that is down: the collection name is unknown
+            cfg = self.settings.store
+            where = cfg.url or str(self.workspace.state_dir / "chroma")
+            return StoreStatus("server" if cfg.url else "embedded", where, "", error=str(exc))
+
     def status(self, watcher: WatcherStatus | None) -> Status:
         ws, model = self.workspace, self.settings.embedder
         if not self.has_index():
@@ -356,6 +362,7 @@ class IndexEngine:
                 None,
                 [],
                 watcher,
+                self.store_status(),
             )
         manifest = self.reader()
         counts = manifest.chunk_counts()
@@ -375,6 +382,7 @@ class IndexEngine:
             last_indexed_at=float(last) if last else None,
             sources=sources,
             watcher=watcher,
+            store=self.store_status(),
         )
 
     def close(self) -> None:

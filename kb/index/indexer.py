@@ -99,6 +99,8 @@ class Indexer:
         store: Store,
         embedder: Embedder,
         progress: Progress | None = None,
+        *,
+        rebuild: bool = False,
     ):
         self.root = root
         self.settings = settings
@@ -108,6 +110,7 @@ class Indexer:
         self.progress = progress or (lambda stage, done, total: None)
         self.max_bytes = int(settings.max_file_mb * 1024 * 1024)
         self.embedded = 0
+        self.force_rebuild = rebuild  # kb index --rebuild: re-read and re-embed everything
         self.allow = parse_allow_list(settings.secrets.allow)
 
     # --- the run ------------------------------------------------------------------------------------------
@@ -118,7 +121,7 @@ class Indexer:
         report = IndexReport()
         fp = fingerprint(self.embedder.model_id, self.settings)
         previous_fp = self.manifest.get_meta("fingerprint")
-        rebuild = previous_fp is not None and previous_fp != fp
+        rebuild = (previous_fp is not None and previous_fp != fp) or self.force_rebuild
         report.rebuilt = rebuild
         if rebuild:
             log.info("index settings changed (%s -> %s): rebuilding from the files", previous_fp, fp)
@@ -218,9 +221,15 @@ class Indexer:
             self.manifest.set_meta("fingerprint", fp)
             self.manifest.set_meta("model_id", self.embedder.model_id)
             self.manifest.stamp()
+            if changes or report.removed or rebuild:
+                self.manifest.bump_commit()  # readers in other processes re-open the vector store
         new_ids = {r.id for r in new_rows}
-        self.store.delete(sorted(old_ids - new_ids))
+        stale = sorted(old_ids - new_ids)
+        self.store.delete(stale)
         report.repaired = self.reconcile() if scope is None or rebuild else []
+        if stale or report.repaired:
+            with db:
+                self.manifest.bump_commit()  # the store caught up: readers look again
         if (
             scope is None or rebuild
         ):  # a targeted run keeps cached vectors: a move split over two runs reuses them
@@ -316,14 +325,15 @@ class Indexer:
             items = sorted(todo.items(), key=lambda kv: len(kv[1]))
             total = len(items)
             self.progress("embed", 0, total)
-            for start in range(0, total, EMBED_BATCH):
-                batch = items[start : start + EMBED_BATCH]
+            step = int(getattr(self.embedder, "batch_size", EMBED_BATCH))  # a remote server takes more
+            for start in range(0, total, step):
+                batch = items[start : start + step]
                 vecs = self.embedder.embed([t for _, t in batch])
                 self.embedded += len(batch)
                 self.manifest.put_vectors(model, [(h, v) for (h, _), v in zip(batch, vecs, strict=True)])
                 for (h, _), v in zip(batch, vecs, strict=True):
                     vectors[h] = v
-                self.progress("embed", min(start + EMBED_BATCH, total), total)
+                self.progress("embed", min(start + step, total), total)
         return vectors
 
     def reconcile(self, embed: bool = True) -> list[str]:

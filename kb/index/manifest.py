@@ -8,10 +8,11 @@ rebuilt from it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,38 @@ class Manifest:
         now = time.time()
         self.set_meta("last_indexed_at", repr(now))
         return now
+
+    # --- commits, as other processes see them ---------------------------------------------------------------
+    def commit_seq(self) -> int:
+        """A counter every writer bumps when the index's content changes (in the transaction that changes
+        the chunks, and again once the vector store has caught up): a reader that sees it move knows another
+        process committed."""
+        value = self.get_meta("commit_seq")
+        return int(value) if value else 0
+
+    def bump_commit(self) -> int:
+        """Advance :meth:`commit_seq` (call inside the writer's transaction)."""
+        seq = self.commit_seq() + 1
+        self.set_meta("commit_seq", str(seq))
+        return seq
+
+    @contextlib.contextmanager
+    def read_transaction(self) -> Iterator[None]:
+        """Every query inside sees one committed state (a SQLite read transaction), whatever a writer in
+        another process commits meanwhile. Inside an open transaction: that one."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if self.db.in_transaction:
+                self.db.commit()
+
+    def drop_vectors(self, model_id: str) -> None:
+        """Forget every cached vector of ``model_id`` (``kb index --rebuild``: the model behind the name
+        changed)."""
+        with self.db:
+            self.db.execute("DELETE FROM vectors WHERE model_id=?", (model_id,))
+            self.db.execute("DELETE FROM aux_vectors WHERE model_id=?", (model_id,))

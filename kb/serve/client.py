@@ -163,7 +163,12 @@ class Remote:
     def status(self) -> Status:
         return Status.from_dict(self.call("status"))
 
-    def index(self, progress: Progress | None = None) -> IndexReport:
+    def index(self, progress: Progress | None = None, *, rebuild: bool = False) -> IndexReport:
+        if rebuild:  # the watcher is the index's one writer: a rebuild under it would race its runs
+            raise errors.KbError(
+                f"kb watch (pid {self.pid}) owns this index: stop it, run kb index --rebuild, then start it "
+                "again."
+            )
         return IndexReport.from_dict(self.call("index"))
 
 

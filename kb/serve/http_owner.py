@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from kb.errors import KbError
 from kb.models import Answer, Hit, IndexReport, OnToken, Progress, Status
 from kb.serve.watcher import Watcher
 from kb.service import Service
@@ -26,7 +27,9 @@ class OwnerService:
         self.watcher = watcher
         self.workspace = watcher.engine.workspace
 
-    def index(self, progress: Progress | None = None) -> IndexReport:
+    def index(self, progress: Progress | None = None, *, rebuild: bool = False) -> IndexReport:
+        if rebuild:  # the watcher is the index's one writer: a rebuild under it would race its runs
+            raise KbError("kb serve owns this index: stop it, run kb index --rebuild, then start it again.")
         return IndexReport.from_dict(self.watcher.dispatch("index", {}))
 
     def search(
@@ -77,8 +80,8 @@ class TokenTap:
         self.on_token = on_token
         self.streams_tokens = True
 
-    def index(self, progress: Progress | None = None) -> IndexReport:
-        return self.inner.index(progress)
+    def index(self, progress: Progress | None = None, *, rebuild: bool = False) -> IndexReport:
+        return self.inner.index(progress, rebuild=rebuild)
 
     def search(
         self,

@@ -155,8 +155,8 @@ class OwnedIndex:
             thread.join(130)
 
     # --- kb.service.Service -------------------------------------------------------------------------------
-    def index(self, progress: Progress | None = None) -> IndexReport:
-        return self._call(lambda o: o.index())
+    def index(self, progress: Progress | None = None, *, rebuild: bool = False) -> IndexReport:
+        return self._call(lambda o: o.index(rebuild=rebuild))  # the owner refuses a rebuild under it
 
     def search(
         self,

@@ -168,7 +168,12 @@ class HttpRemote:
     def status(self) -> Status:
         return Status.from_dict(self.request("GET", "/v1/status"))
 
-    def index(self, progress: Progress | None = None) -> IndexReport:
+    def index(self, progress: Progress | None = None, *, rebuild: bool = False) -> IndexReport:
+        if rebuild:  # the server is the index's one writer: a rebuild is run where it runs
+            raise errors.BadRequest(
+                f"kb serve at {self.url} owns that index: stop it, run kb index --rebuild where it runs, "
+                "then start it again."
+            )
         return report_from(self.request("POST", "/v1/index"))
 
     def read_source(self, path: str, start: int | None = None, end: int | None = None) -> Any:

@@ -1,5 +1,5 @@
-"""Pieces of ``kb watch`` that need no watchdog: the re-index record, the folders a glob watches, and whether
-the workspace and its index folder are still there.
+"""Pieces of ``kb watch`` that need no watchdog: the re-index record, the backoff while a backend is down,
+the folders a glob watches, and whether the workspace and its index folder are still there.
 
 (The targeted discovery the watcher runs on changed paths is :func:`ingest.discovery.discover_paths`.)
 """
@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 from ingest.discovery import glob_literal
 from ingest.layout import WORKOS_DIR
-from kb.errors import KbError, StorageError, WorkspaceNotFoundError
+from kb.errors import EmbedderError, KbError, StorageError, StoreUnavailableError, WorkspaceNotFoundError
+from kb.models import IndexReport
 from kb.workspace import Workspace
+
+#: Errors after which ``kb watch`` keeps the changes and tries again (:class:`Outage`): a backend that does
+#: not answer (the Chroma server, a remote embeddings server), not a problem with the files.
+UNAVAILABLE = (StoreUnavailableError, EmbedderError)
 
 
 @dataclasses.dataclass
@@ -24,6 +30,19 @@ class Reindexed:
     ms: float
     reason: str
 
+    @classmethod
+    def of(cls, report: IndexReport, ms: float, reason: str) -> Reindexed | None:
+        """The record of a run that changed something (None when it changed nothing)."""
+        paths = (
+            [("added", p) for p in report.added]
+            + [("updated", p) for p in report.updated]
+            + [("removed", p) for p in report.removed]
+            + [("renamed", f"{a} -> {b}") for a, b in report.renamed]
+        )
+        if paths or report.chunks_embedded or report.repaired:
+            return cls(paths, report.chunks_embedded, ms, reason)
+        return None
+
     def line(self) -> str:
         shown = ", ".join(f"{a} {p}" for a, p in self.paths[:3])
         more = f" (+{len(self.paths) - 3} more)" if len(self.paths) > 3 else ""
@@ -34,6 +53,43 @@ def literal_dir(pattern: str) -> str:
     """The folder a glob's literal prefix names: ``.workos/context/**`` -> ``.workos/context``."""
     literal = glob_literal(pattern)
     return literal.rsplit("/", 1)[0] if "/" in literal else ""
+
+
+@dataclasses.dataclass
+class Outage:
+    """A backend (the vector store, or a remote embeddings server) stopped answering: the changes wait and
+    are tried again after ``first`` seconds, then twice as long each time, at most ``cap``."""
+
+    first: float = 1.0
+    cap: float = 30.0
+    since: float | None = None  # wall clock: when it started
+    delay: float = 0.0
+    _next: float = 0.0  # monotonic: when to try again
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self) -> float:
+        """Record a failed attempt; the seconds until the next one."""
+        if self.since is None:
+            self.since, self.delay = time.time(), self.first
+        else:
+            self.delay = min(self.delay * 2, self.cap)
+        self._next = time.monotonic() + self.delay
+        return self.delay
+
+    def due(self) -> bool:
+        return self.since is not None and time.monotonic() >= self._next
+
+    def retry_at(self) -> float | None:
+        """Wall-clock time of the next attempt (None when nothing is down)."""
+        return None if self.since is None else time.time() + max(0.0, self._next - time.monotonic())
+
+    def over(self) -> float | None:
+        """It answers again: how long it was down (None when it was not)."""
+        since, self.since = self.since, None
+        return None if since is None else time.time() - since
 
 
 def workspace_gone(workspace: Workspace, identity: tuple[int, int]) -> KbError | None:

@@ -11,6 +11,8 @@ File-system events come from :mod:`kb.serve.events` (the only watchdog import). 
 * **Never wrong for long.** On start, a full reconcile (``kb index``). An inotify queue overflow (watchdog
   only logs it) triggers a full rescan; a watch-limit error falls back to polling with a warning; every
   ``reconcile_every`` seconds a stat-only comparison of the tree with the manifest catches anything missed.
+  When the vector store or a remote embedder stops answering, the changes are kept (``pending``) and tried
+  again with backoff (:class:`kb.serve.support.Outage`): one full run applies them once it answers.
 * **One owner.** The watcher holds the index's write lock for its lifetime and serves search/ask/status/index
   to other processes over a private Unix socket (:mod:`kb.serve.server`); ``kb status`` shows it.
 * **Stops cleanly.** SIGINT/SIGTERM finish the run in progress and stop; SIGKILL loses only pending work,
@@ -20,7 +22,6 @@ File-system events come from :mod:`kb.serve.events` (the only watchdog import). 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -33,10 +34,11 @@ from ingest.discovery import discover_paths
 from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
 from kb.answer.query import Query
 from kb.backends.embedders import LockedEmbedder
-from kb.errors import IndexLockedError, KbError
+from kb.errors import IndexCorruptError, IndexLockedError, KbError
 from kb.index.engine import IndexEngine
 from kb.models import IndexReport, Status, WatcherStatus
-from kb.serve.client import connect, encode, save_watcher_status, socket_path
+from kb.serve.client import connect, save_watcher_status, socket_path
+from kb.serve.dispatch import Dispatcher
 from kb.serve.events import (
     EventHandler,
     OverflowSpy,
@@ -47,7 +49,7 @@ from kb.serve.events import (
     watch_roots,
 )
 from kb.serve.server import WatchServer
-from kb.serve.support import Reindexed, workspace_gone
+from kb.serve.support import UNAVAILABLE, Outage, Reindexed, workspace_gone
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +98,18 @@ class Watcher:
         self._dirs: set[str] = set()
         self._rescan: str | None = None
         self._wake = threading.Event()
-        self._stopping = False
         self.ready = threading.Event()  # set once the start-up reconcile is done
-        self.served = 0  # requests answered for other processes
         self._last_mark = 0.0
-        self._requests: list[tuple[threading.Event, dict[str, Any]]] = []
         self._unloadable: dict[str, tuple[int, int]] = {}
         self._observer: Any = None
         self._server: WatchServer | None = None
         self.reader: Query | None = None
-        self._query_lock = threading.Lock()
+        self.dispatch = Dispatcher(self)  # requests from other processes
         self._spy = OverflowSpy(self.request_rescan)
         st = os.stat(self.root)
         self._identity = (st.st_dev, st.st_ino)
         self._config_stamp = stamp(engine.workspace.config_path)
+        self.outage = Outage()  # the store or embedder is down: changes wait, retried with backoff
 
     # --- events -------------------------------------------------------------------------------------------
     def mark(self, abspath: str, is_dir: bool, kind: str) -> None:
@@ -134,6 +134,14 @@ class Watcher:
         log.warning("%s: rescanning the workspace", reason)
         self._wake.set()
 
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def served(self) -> int:
+        """Requests answered for other processes."""
+        return self.dispatch.served
+
     @property
     def pending(self) -> int:
         with self._lock:
@@ -150,30 +158,35 @@ class Watcher:
                 "may write an index; use that one (kb status shows it) or stop it first."
             )
         with self.engine.write_lock():
+            with contextlib.suppress(IndexCorruptError):  # repaired by the start-up run; a server down: stop
+                self.engine.store.check()
             try:
                 self._start()
                 self._full("start-up reconcile")
                 self._warm_up()
                 self.ready.set()
                 log.info("ready: watching %s (%s); Ctrl-C stops", self.root, self.mode)
-                next_check = time.monotonic() + (
-                    self.poll_every if self.mode == "polling" else self.reconcile_every
-                )
+                next_check = time.monotonic() + self._check_every
                 while not stop.is_set():
                     woke = self._wake.wait(timeout=1.0)
                     self._check_workspace()
-                    self._answer_index_requests()
-                    if woke:
+                    self.dispatch.answer_index_requests(self._full)
+                    if self.outage.down:  # changes accumulate until the next attempt is due
+                        if self.outage.due():
+                            self._recover()
+                    elif woke:
                         self._settle(stop)
                         self._wake.clear()
                         self._drain()
-                    if time.monotonic() >= next_check:
+                    if time.monotonic() >= next_check and not self.outage.down:
                         self._stat_reconcile()
-                        next_check = time.monotonic() + (
-                            self.poll_every if self.mode == "polling" else self.reconcile_every
-                        )
+                        next_check = time.monotonic() + self._check_every
             finally:
                 self._shutdown()
+
+    @property
+    def _check_every(self) -> float:
+        return self.poll_every if self.mode == "polling" else self.reconcile_every
 
     def _start(self) -> None:
         # Queries are answered by a second engine on the same store (its own manifest connection) with a
@@ -204,7 +217,7 @@ class Watcher:
         reader = self.reader
         assert reader is not None
         started = time.perf_counter()
-        with self._query_lock:
+        with self.dispatch.query_lock:
             try:
                 reader.engine.embedder.embed(["warm up"])
                 reader.engine.status(None)
@@ -247,6 +260,23 @@ class Watcher:
         elif files or dirs:
             self._targeted(files, dirs, "changed")
 
+    def _requeue(self, files: set[str], dirs: set[str], rescan: str | None) -> None:
+        """Changes a failed run did not apply wait again."""
+        with self._lock:
+            self._files |= files
+            self._dirs |= dirs
+            self._rescan = self._rescan or rescan
+
+    def _recover(self) -> None:
+        """The backend may answer again: one full run applies every waiting change and reconciles what a
+        failure between the manifest's commit and the store's deletions left (kept waiting if it fails)."""
+        self._wake.clear()
+        with self._lock:
+            files, dirs, rescan = self._files, self._dirs, self._rescan
+            self._files, self._dirs, self._rescan = set(), set(), None
+        why = f"retrying {len(files) + len(dirs)} waiting change(s)"
+        self._run(lambda: self.engine.index(), why, None, lambda: self._requeue(files, dirs, rescan or why))
+
     def _rewatch(self) -> None:
         if self._observer is not None:
             with contextlib.suppress(Exception):
@@ -274,33 +304,44 @@ class Watcher:
         def work() -> IndexReport:
             return self.engine.index(scope=(cands, skipped, sorted(covered)))
 
-        self._run(work, reason, {c.path: (c.size, c.mtime_ns) for c in cands})
+        stats = {c.path: (c.size, c.mtime_ns) for c in cands}
+        self._run(work, reason, stats, lambda: self._requeue(files, dirs, None))
 
-    def _full(self, reason: str) -> IndexReport | None:
-        return self._run(lambda: self.engine.index(), reason, None)
+    def _full(self, why: str) -> IndexReport | None:
+        return self._run(lambda: self.engine.index(), why, None, lambda: self._requeue(set(), set(), why))
 
     def _run(
-        self, work: Callable[[], IndexReport], reason: str, stats: dict[str, tuple[int, int]] | None
+        self,
+        work: Callable[[], IndexReport],
+        reason: str,
+        stats: dict[str, tuple[int, int]] | None,
+        requeue: Callable[[], None],
     ) -> IndexReport | None:
         started = time.perf_counter()
         try:
             report = work()
+        except UNAVAILABLE as exc:  # keep the changes; try again later
+            requeue()
+            delay = self.outage.failed()
+            self.last_error = (
+                f"{time.strftime('%H:%M:%S')} {exc} {self.pending} change(s) wait; next try in {delay:g} s"
+            )
+            log.warning(self.last_error)
+            self._write_status()
+            return None
         except Exception as exc:  # survive anything; the periodic reconcile retries
             self.last_error = f"{time.strftime('%H:%M:%S')} re-index failed ({reason}): {exc}"
             log.error(self.last_error, exc_info=not isinstance(exc, (KbError, OSError)))
             self._write_status()
             return None
+        if (down := self.outage.over()) is not None:
+            log.info("the index answers again after %.0f s: waiting changes applied", down)
+            self.last_error = None
         for s in report.skipped:  # loaded and found nothing to index: not read again until it changes
             if stats and s.path in stats and not s.reason.startswith(("cannot", "permission", "vanished")):
                 self._unloadable[s.path] = stats[s.path]
-        paths = (
-            [("added", p) for p in report.added]
-            + [("updated", p) for p in report.updated]
-            + [("removed", p) for p in report.removed]
-            + [("renamed", f"{a} -> {b}") for a, b in report.renamed]
-        )
-        if paths or report.chunks_embedded or report.repaired:
-            event = Reindexed(paths, report.chunks_embedded, (time.perf_counter() - started) * 1000, reason)
+        event = Reindexed.of(report, (time.perf_counter() - started) * 1000, reason)
+        if event is not None:
             self.reindexes += 1
             self.last_reindex_at = time.time()
             log.info("re-indexed: %s", event.line())
@@ -322,44 +363,6 @@ class Watcher:
         if dirty:
             log.info("periodic reconcile: %d path(s) differ from the index", len(dirty))
             self._targeted(dirty, set(), "reconcile")
-
-    # --- requests from other processes --------------------------------------------------------------------
-    def dispatch(self, method: str, params: dict[str, Any]) -> Any:
-        self.served += 1
-        if method == "ping":
-            return {"pid": os.getpid(), "workspace": str(self.root)}
-        if method == "config":
-            return json.loads(self.engine.settings.model_dump_json())
-        if method == "index":
-            done: dict[str, Any] = {}
-            event = threading.Event()
-            with self._lock:
-                if self._stopping:
-                    raise KbError("kb watch is stopping; run kb index again once it has stopped.")
-                self._requests.append((event, done))
-            self._wake.set()
-            event.wait()
-            if "error" in done:
-                raise done["error"]
-            return encode(done["report"])
-        reader = self.reader
-        assert reader is not None
-        verb = self.status_of_index if method == "status" else getattr(reader, method)
-        with self._query_lock:  # params were checked against the method's schema (kb.serve.protocol)
-            result = verb(**params)
-        return encode(result)
-
-    def _answer_index_requests(self) -> None:
-        """One full run answers every ``index`` request waiting now: it starts after all of them asked."""
-        with self._lock:
-            todo, self._requests = self._requests, []
-        if not todo:
-            return
-        report = self._full("kb index (routed to the watcher)")
-        outcome = {"report": report} if report else {"error": KbError(f"Indexing failed: {self.last_error}")}
-        for event, done in todo:
-            done.update(outcome)
-            event.set()
 
     # --- health -------------------------------------------------------------------------------------------
     def _check_workspace(self) -> None:
@@ -391,6 +394,8 @@ class Watcher:
             last_error=self.last_error,
             last_reindex_at=self.last_reindex_at,
             served=self.served,
+            store_down_since=self.outage.since,
+            next_retry_at=self.outage.retry_at(),
         )
 
     def _write_status(self, running: bool = True) -> None:
@@ -404,15 +409,7 @@ class Watcher:
                 self._observer.join(timeout=5)
         if self._server is not None:
             self._server.stop()
-        # Let a request (or the warm-up) in progress finish: native code running in a thread while the
-        # interpreter exits aborts the process.
-        self._query_lock.acquire(timeout=120)
-        with self._lock:
-            self._stopping = True
-            waiting, self._requests = self._requests, []
-        for event, done in waiting:
-            done["error"] = KbError("kb watch stopped before indexing; run kb index again.")
-            event.set()
+        self.dispatch.stop()  # lets a request (or the warm-up) in progress finish
         self._write_status(running=False)
         log.info("kb watch (pid %d) stopped; the index is complete up to the last re-index", os.getpid())
         if self.reader is not None:

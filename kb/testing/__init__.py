@@ -12,11 +12,14 @@ nothing heavy at module level (numpy, httpx and kb's backends are imported where
 * :class:`WebMirror`: a static web server on 127.0.0.1 (ETag, Last-Modified, 304, folder listings);
 * :func:`verify_citation`: is a cited quote really at the cited lines of the file;
 * embedders: :class:`FakeEmbedder` (deterministic hashing vectors), :class:`CountingEmbedder` (records texts);
-* workspaces: :func:`copy_workspace`, :func:`small_workspace`, :func:`watcher_thread`.
+* workspaces: :func:`copy_workspace`, :func:`small_workspace`, :func:`watcher_thread`;
+* services: :class:`ChromaServer` (``chroma run`` with its faults: stopped, killed, restarted, paused),
+  :class:`EmbeddingServer` (``/v1/embeddings`` serving the bundled model's vectors), :func:`fake_kb` (a kb
+  verb with the fake embedder in a child process).
 
 The harness is split by what it stands up: ``processes`` (children, ports, polling, privileges),
-``servers`` (llama.cpp and the web mirror) and ``workspaces`` (workspaces, embedders, citations). Import from
-``kb.testing``.
+``servers`` (llama.cpp and the web mirror), ``workspaces`` (workspaces, embedders, citations) and ``services``
+(a Chroma server, an embeddings server). Import from ``kb.testing``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ from kb.testing.servers import (
     MirrorHandler,
     WebMirror,
     llama_server_missing,
+)
+from kb.testing.services import (
+    HEARTBEAT,
+    ChromaServer,
+    EmbeddingServer,
+    bundled_embed,
+    chroma_binary,
+    fake_kb,
+    fake_kb_command,
 )
 from kb.testing.workspaces import (
     CountingEmbedder,
@@ -73,4 +85,11 @@ __all__ = [
     "copy_workspace",
     "small_workspace",
     "watcher_thread",
+    "HEARTBEAT",
+    "ChromaServer",
+    "EmbeddingServer",
+    "bundled_embed",
+    "chroma_binary",
+    "fake_kb",
+    "fake_kb_command",
 ]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextvars
 import json
-import os
-import re
 import textwrap
 import tomllib
 from pathlib import Path
@@ -23,100 +21,34 @@ from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ingest.layout import DEFAULT_INCLUDE
 from kb.errors import ConfigError
+from kb.settings.sections import ResourcesSettings, SecretsSettings, StoreSettings
+
+__all__ = [
+    "DEFAULT_EMBEDDER",
+    "EMBEDDER_KINDS",
+    "ResourcesSettings",
+    "SecretsSettings",
+    "Settings",
+    "StoreSettings",
+    "load_settings",
+    "read_toml",
+    "toml_template",
+    "toml_value",
+]
 
 DEFAULT_EMBEDDER = "st:all-MiniLM-L6-v2"
+EMBEDDER_KINDS = ("st:", "openai-compatible:")
 
 _toml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("kb_toml")  # unset: {}
-
-
-class ResourcesSettings(BaseModel):
-    """``[resources]`` in kb.toml: which recommended resources are fetched, from where, and the fetcher's
-    limits."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    personas: list[str] | None = Field(
-        None,
-        description="Personas whose Key Resources are used; unset: all.",
-        examples=[["backend-engineer"]],
-    )
-    add: list[str] = Field(
-        default_factory=list, description='More resource URLs, e.g. ["https://example.org/handbook"].'
-    )
-    drop: list[str] = Field(default_factory=list, description="Persona resource URLs to leave out.")
-    pin: list[str] = Field(
-        default_factory=list, description="URLs whose cached copy is kept, never re-fetched."
-    )
-    mirror: dict[str, str] = Field(
-        default_factory=dict,
-        description="URL -> local folder/file or http(s) mirror base to fetch it from (air-gapped copies), "
-        'e.g. { "https://12factor.net/" = "/srv/mirrors/12factor" }.',
-    )
-    unavailable: dict[str, str] = Field(
-        default_factory=lambda: {
-            "https://www.databass.dev/": "Database Internals is a book: no public text",
-        },
-        description="URL -> why it cannot be had (recorded, never fetched).",
-    )
-    allow_hosts: list[str] = Field(
-        default_factory=list,
-        description="Hosts, IPs or CIDRs fetched even if loopback/private (tests, intranets): private "
-        'addresses are refused unless listed here, e.g. ["wiki.intranet.example"].',
-    )
-    max_age_hours: float = Field(168.0, ge=0, description="A copy older than this is stale and re-checked.")
-    timeout_s: float = Field(20.0, gt=0, description="Seconds allowed for one HTTP response.")
-    max_bytes: int = Field(5_000_000, gt=0, description="Largest response accepted.")
-    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed (each re-checked).")
-    max_pages: int = Field(200, ge=1, description="Pages fetched per resource (links within its URL).")
-    max_depth: int = Field(1, ge=0, le=5, description="Link depth followed from a resource's first page.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _allow_hosts_env(cls, data: Any) -> Any:
-        env = os.environ.get("KB_RESOURCES_ALLOW_HOSTS")
-        if env is not None and isinstance(data, dict):
-            data = {**data, "allow_hosts": [h.strip() for h in env.split(",") if h.strip()]}
-        return data
-
-
-class SecretsSettings(BaseModel):
-    """``[secrets]`` in kb.toml: credentials found inside documents (API keys, private keys, passwords)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["redact", "skip-file", "off"] = Field(
-        "redact",
-        description="'redact': each secret is replaced by [secret: KIND] in what is stored, embedded and "
-        "shown (lines keep their numbers); 'skip-file': a file holding a secret is not indexed; 'off': no "
-        "scanning.",
-    )
-    allow: list[str] = Field(
-        default_factory=list,
-        description="Known false positives: exact strings, or 're:<regex>' searched in the matched text, "
-        'e.g. ["re:^AKIA0{16}$"].',
-    )
-
-    @field_validator("allow")
-    @classmethod
-    def _regexes_compile(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            if entry.startswith("re:"):
-                try:
-                    re.compile(entry[3:])
-                except re.error as exc:
-                    raise ValueError(f"{entry!r} is not a valid regular expression ({exc})") from None
-        return value
 
 
 class _TomlSource(PydanticBaseSettingsSource):
@@ -134,9 +66,9 @@ class Settings(BaseSettings):
 
     embedder: str = Field(
         DEFAULT_EMBEDDER,
-        description="Embedding model: 'st:<sentence-transformers name or local path>'. The default is the "
-        "bundled all-MiniLM-L6-v2. Changing it rebuilds the index automatically (vectors of two models never "
-        "mix).",
+        description="Embedding model: 'st:<sentence-transformers name or local path>' (the default is the "
+        "bundled all-MiniLM-L6-v2), or 'openai-compatible:<model>' for any /v1/embeddings server (see "
+        "embed_base_url). Changing it rebuilds the index automatically (vectors of two models never mix).",
     )
     embedder_runtime: Literal["onnx", "torch"] = Field(
         "onnx",
@@ -147,6 +79,22 @@ class Settings(BaseSettings):
         description="Where the ONNX export of the model is kept; default: the index folder.",
         examples=["/srv/kb-models"],
     )
+    embed_base_url: str = Field(
+        "http://127.0.0.1:8081/v1",
+        description="Base URL of the /v1/embeddings server of an 'openai-compatible:' embedder "
+        "(text-embeddings-inference, Ollama, vLLM, llama.cpp's server). Part of the index's identity.",
+    )
+    embed_api_key: SecretStr | None = Field(
+        None,
+        description="API key of the embeddings server (a Bearer token; never printed). Keep it out of this "
+        "file: set KB_EMBED_API_KEY.",
+        examples=["..."],
+    )
+    embed_timeout: float = Field(60.0, gt=0, description="Seconds to wait for the embeddings server.")
+    embed_retries: int = Field(
+        4, ge=0, le=10, description="Retries on 429, 5xx, timeouts and dropped connections, with backoff."
+    )
+    embed_batch: int = Field(64, ge=1, le=2048, description="Texts per request to the embeddings server.")
     cache_dir: Path | None = Field(
         None,
         description="Where kb eval keeps its dataset indexes; default: $XDG_CACHE_HOME/kb or ~/.cache/kb.",
@@ -233,6 +181,10 @@ class Settings(BaseSettings):
         description="Re-index at most this many changed files before a search or an answer; past it they are "
         "reported as stale (run kb index).",
     )
+    store: StoreSettings = Field(
+        default_factory=lambda: StoreSettings.model_validate({}),
+        description="Where the vectors live: an embedded Chroma folder (default) or a Chroma server.",
+    )
     secrets: SecretsSettings = Field(
         default_factory=lambda: SecretsSettings.model_validate({}),
         description="Credentials inside documents: redacted before anything is stored or embedded.",
@@ -245,10 +197,11 @@ class Settings(BaseSettings):
     @field_validator("embedder")
     @classmethod
     def _embedder_spec(cls, value: str) -> str:
-        if not value.startswith("st:") or len(value) <= 3:
+        kind = next((k for k in EMBEDDER_KINDS if value.startswith(k)), None)
+        if kind is None or len(value) <= len(kind):
             raise ValueError(
-                f"unknown embedder {value!r}: use 'st:<sentence-transformers model name or local path>', "
-                f"e.g. {DEFAULT_EMBEDDER!r}"
+                f"unknown embedder {value!r}: use 'st:<sentence-transformers model name or local path>' "
+                f"(e.g. {DEFAULT_EMBEDDER!r}) or 'openai-compatible:<model served at embed_base_url>'"
             )
         return value
 

@@ -1,0 +1,227 @@
+"""The vector index on a Chroma server (``chroma run``, 1.x; the same client reaches a distributed or hosted
+Chroma): many workspaces, one service.
+
+Each workspace's collections are named ``kb_<workspace id>_<fingerprint>`` (:meth:`kb.workspace.Workspace.
+workspace_id`: stable, so moving the folder keeps the index), and everything this store lists or drops is
+restricted to that prefix: two workspaces never see, or delete, each other's vectors.
+
+Faults: a refused connection, a timeout or a dropped connection is retried with backoff (``retries``), and
+reconnects to a restarted server without restarting kb; then it becomes one
+:class:`kb.errors.StoreUnavailableError` line naming the URL and what to do. Every write is idempotent
+(upserts and deletes by id), so a retry never duplicates anything, and the manifest commits only after the
+vectors are in: a run cut off by the server leaves the previous state, the next run completes it. A collection
+that vanished (deleted, or a server restarted on an empty folder) is recreated, and the next ``kb index``
+refills it from the manifest's cached vectors without embedding anything.
+
+The open-source 1.x server does not authenticate: put a proxy that does in front of it and give kb the header
+it expects (``[store] headers`` / ``KB_CHROMA_HEADERS``); headers are never logged or printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from kb.backends.store import ChromaCollection
+from kb.errors import ConfigError, IndexCorruptError, StoreUnavailableError
+from kb.models import StoreStatus
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+HEARTBEAT = "/api/v2/heartbeat"
+
+
+class ChromaServerStore(ChromaCollection):
+    """One workspace's collection on a Chroma server."""
+
+    kind = "server"
+    batch_cap = 1000  # vectors per request: keeps each request well inside the timeout
+
+    def __init__(
+        self,
+        url: str,
+        collection: str,
+        *,
+        prefix: str,
+        tenant: str = "default_tenant",
+        database: str = "default_database",
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+        retries: int = 2,
+        backoff: float = 0.5,
+    ):
+        super().__init__(collection)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+            raise ConfigError(
+                f"The Chroma server URL {url!r} is not of the form http(s)://HOST[:PORT]; fix [store] url in "
+                "kb.toml or KB_CHROMA_URL."
+            )
+        self.url = url.rstrip("/")
+        self.host = parts.hostname
+        self.ssl = parts.scheme == "https"
+        self.port = parts.port or (443 if self.ssl else 80)
+        self.prefix = prefix
+        self.tenant, self.database = tenant, database
+        self.headers = dict(headers or {})
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    # --- connecting ---------------------------------------------------------------------------------------
+    def _unreachable(self, why: str) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"Cannot reach the Chroma server at {self.url} ({why}). Start it (chroma run --path DIR --host "
+            f"{self.host} --port {self.port}) or point kb at the right one with KB_CHROMA_URL or [store] url "
+            "in kb.toml; nothing was half-written."
+        )
+
+    def _too_slow(self, what: str, seconds: float) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"The Chroma server at {self.url} did not answer a {what} within {seconds:g} s. Check it is "
+            f"healthy (GET {self.url}{HEARTBEAT}) or raise [store] timeout in kb.toml; nothing was "
+            "half-written."
+        )
+
+    def _heartbeat(self) -> None:
+        """One plain HTTP request first: it tells a refused connection, a proxy refusing the token and a
+        server that is not Chroma apart, which chromadb's client does not."""
+        import httpx
+
+        try:
+            r = httpx.get(
+                self.url + HEARTBEAT, headers=self.headers, timeout=min(self.timeout, 10.0), trust_env=False
+            )
+        except httpx.TimeoutException:
+            raise self._too_slow("heartbeat", min(self.timeout, 10.0)) from None
+        except httpx.HTTPError as exc:
+            raise self._unreachable(str(exc) or type(exc).__name__) from None
+        if r.status_code in (401, 403, 407):
+            raise StoreUnavailableError(
+                f"The Chroma server at {self.url} refused kb (HTTP {r.status_code}): set the header its "
+                "authenticating proxy expects in KB_CHROMA_HEADERS (a JSON object) or [store] headers."
+            )
+        if r.status_code != 200:
+            raise self._unreachable(f"HTTP {r.status_code} from {HEARTBEAT}: is this a Chroma 1.x server?")
+
+    def _connect(self) -> Any:
+        import chromadb
+        import httpx
+        from chromadb.config import Settings as ChromaSettings
+        from chromadb.errors import NotFoundError
+
+        self._heartbeat()
+
+        def client() -> Any:
+            return chromadb.HttpClient(
+                host=self.host,
+                port=self.port,
+                ssl=self.ssl,
+                headers=self.headers or None,
+                tenant=self.tenant,
+                database=self.database,
+                settings=ChromaSettings(anonymized_telemetry=False),
+            )
+
+        try:
+            try:
+                made = client()
+            except NotFoundError:  # a database (or tenant) of its own for this team: create it once
+                self._create_database()
+                made = client()
+        except (ValueError, httpx.HTTPError) as exc:
+            raise self._unreachable(str(exc)) from None
+        session = getattr(getattr(made, "_server", None), "_session", None)
+        if isinstance(session, httpx.Client):  # chromadb's client waits forever by default
+            session.timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 5.0))
+        return made
+
+    def _create_database(self) -> None:
+        import chromadb
+        from chromadb.config import Settings as ChromaSettings
+
+        admin = chromadb.AdminClient(
+            ChromaSettings(
+                chroma_api_impl="chromadb.api.fastapi.FastAPI",
+                chroma_server_host=self.host,
+                chroma_server_http_port=self.port,
+                chroma_server_ssl_enabled=self.ssl,
+                chroma_server_headers=self.headers or None,
+                anonymized_telemetry=False,
+            )
+        )
+        try:
+            admin.get_tenant(self.tenant)
+        except Exception:
+            log.info("creating tenant %s on %s", self.tenant, self.url)
+            admin.create_tenant(self.tenant)
+        log.info("creating database %s on %s", self.database, self.url)
+        admin.create_database(self.database, tenant=self.tenant)
+
+    # --- every call ---------------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, retried on a dropped connection or timeout (reconnecting: the server may have
+        restarted) and once when the collection vanished; then one clear error."""
+        import httpx
+        from chromadb.errors import ChromaError, NotFoundError
+
+        attempt = 0
+        recreated = False
+        while True:
+            try:
+                return fn()
+            except StoreUnavailableError as exc:  # from _connect: the server is not there
+                error: Exception = exc
+            except httpx.TimeoutException:
+                error = self._too_slow(what, self.timeout)
+            except httpx.TransportError as exc:
+                error = self._unreachable(str(exc) or type(exc).__name__)
+            except NotFoundError as exc:
+                if recreated:
+                    raise IndexCorruptError(f"The Chroma server at {self.url}: {exc}") from None
+                log.warning("collection %s vanished from %s: recreating it", self.collection_name, self.url)
+                recreated = True
+                self._collection = None
+                continue
+            except ChromaError as exc:
+                raise IndexCorruptError(
+                    f"The Chroma server at {self.url} refused a {what} ({type(exc).__name__}: {exc})."
+                ) from None
+            if attempt >= self.retries:
+                raise error
+            delay = self.backoff * 2**attempt
+            log.debug(
+                "Chroma server at %s failed (%s); retrying in %.1f s", self.url, type(error).__name__, delay
+            )
+            time.sleep(delay)
+            attempt += 1
+            self.close()  # reconnect: the server may have restarted (or moved its collection)
+
+    # --- the Store protocol (the rest is ChromaCollection's) -----------------------------------------------
+    def check(self) -> None:
+        """Reachable (else :class:`StoreUnavailableError`, which is not damage) and readable."""
+        self.count()
+
+    def reopen(self) -> None:
+        """Nothing to do: a server shows every client its current state (a dropped connection reconnects by
+        itself, in :meth:`_call`)."""
+
+    def reset(self) -> str:
+        """A collection that cannot be read is dropped and recreated empty (the next run refills it)."""
+        try:
+            self._call("reset", lambda: self._ensure_client().delete_collection(self.collection_name))
+        except IndexCorruptError:
+            pass  # already gone
+        self._collection = None
+        return f"collection {self.collection_name} recreated on {self.url}"
+
+    def status(self) -> StoreStatus:
+        st = super().status()
+        st.tenant, st.database = self.tenant, self.database
+        return st

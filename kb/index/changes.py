@@ -1,0 +1,105 @@
+"""What changed on disk since the index was built, found by stat alone (nothing is read): ``kb watch``'s
+periodic reconcile and its folder events (:meth:`kb.index.engine.IndexEngine.changed_paths` and
+:meth:`~kb.index.engine.IndexEngine.paths_under`), and the refresh before a one-shot search or answer
+(:func:`refresh`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ingest.discovery import discover, discover_paths
+from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
+from kb.errors import IndexLockedError, StorageError
+from kb.index.manifest import Manifest
+from kb.models import Freshness
+from kb.settings import Settings
+
+if TYPE_CHECKING:
+    from kb.index.engine import IndexEngine
+
+log = logging.getLogger(__name__)
+
+
+def changed_paths(
+    root: Path, settings: Settings, manifest: Manifest, unloadable: dict[str, tuple[int, int]] | None = None
+) -> set[str]:
+    """Paths whose files differ from the index by size or mtime, or are gone, or are new (nothing is read: a
+    stat per file). ``unloadable``: new files known to hold nothing indexable at that (size, mtime)."""
+    unloadable = unloadable or {}
+    cands, skipped = discover(
+        root,
+        DEFAULT_INCLUDE + settings.include,
+        settings.exclude,
+        int(settings.max_file_mb * 1024 * 1024),
+        follow_hardlinks=settings.follow_hardlinks,
+    )
+    old = manifest.sources()
+    held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
+    dirty = {
+        c.path
+        for c in cands
+        if (c.path not in old and unloadable.get(c.path) != (c.size, c.mtime_ns))
+        or (c.path in old and (old[c.path].size, old[c.path].mtime_ns) != (c.size, c.mtime_ns))
+    }
+    present = {c.path for c in cands}
+    dirty |= {p for p in old if p not in present and p not in held}
+    dirty |= {s.path for s in skipped if s.path in old and not s.reason.startswith(("cannot", "permission"))}
+    return dirty
+
+
+def paths_under(root: Path, manifest: Manifest, folders: set[str]) -> set[str]:
+    """Every path under ``folders`` (relative to ``root``), on disk or in the index: what a folder event may
+    have touched (a moved, deleted or renamed folder)."""
+    known = list(manifest.sources())
+    covered: set[str] = set()
+    for d in folders:
+        covered.update(p for p in known if p.startswith(d + "/"))
+        base = root / d
+        if base.is_dir() and not base.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(base):
+                dirnames[:] = [n for n in dirnames if n not in PRUNED_DIRS]
+                here = Path(dirpath).relative_to(root).as_posix()
+                covered.update(f"{here}/{n}" for n in filenames)
+    return covered
+
+
+def refresh(engine: IndexEngine, max_files: int) -> Freshness:
+    """Re-index what changed on disk since it was indexed (at most ``max_files`` files, in one targeted
+    incremental run), before a one-shot search or answer; what is left is reported as ``stale``.
+
+    Nothing is done when nothing is indexed or the index was built with other settings (the query says so). A
+    write lock held by another process, or a read-only index, leaves the changes stale.
+    """
+    started = time.perf_counter()
+    out = Freshness()
+    if not engine.has_index() or engine.reader().get_meta("fingerprint") != engine.fingerprint:
+        return out
+    known = engine.reader().sources()
+    changed = engine.changed_paths()
+    if changed and len(changed) <= max_files:
+        settings = engine.settings
+        cands, skipped = discover_paths(
+            engine.workspace.root,
+            DEFAULT_INCLUDE + settings.include,
+            settings.exclude,
+            int(settings.max_file_mb * 1024 * 1024),
+            changed,
+            follow_hardlinks=settings.follow_hardlinks,
+        )
+        try:
+            engine.index(scope=(cands, skipped, sorted(changed | {c.path for c in cands})))
+            out.refreshed = sorted(changed)
+            changed = set()
+        except (IndexLockedError, StorageError, OSError, sqlite3.Error) as exc:  # read-only, disk full
+            out.reason = str(exc).split("\n")[0]
+            log.info("could not re-index changed sources before answering: %s", out.reason)
+    elif changed:
+        out.reason = f"{len(changed)} files changed, more than refresh_max_files ({max_files})"
+    out.stale = sorted(p for p in changed if p in known)
+    out.ms = round((time.perf_counter() - started) * 1000, 2)
+    return out
