@@ -10,7 +10,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ingest.discovery import discover, discover_paths
 from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
@@ -19,8 +19,22 @@ from kb.index.manifest import Manifest
 from kb.models import Freshness
 from kb.settings import Settings
 
-if TYPE_CHECKING:
-    from kb.index.engine import IndexEngine
+
+class _Engine(Protocol):  # what refresh needs of kb.index.engine.IndexEngine (no import: no cycle)
+    settings: Settings
+    workspace: Any
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def has_index(self) -> bool: ...
+
+    def reader(self) -> Manifest: ...
+
+    def changed_paths(self) -> set[str]: ...
+
+    def index(self, progress: Any = None, scope: Any = None) -> Any: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +82,7 @@ def paths_under(root: Path, manifest: Manifest, folders: set[str]) -> set[str]:
     return covered
 
 
-def refresh(engine: IndexEngine, max_files: int) -> Freshness:
+def refresh(engine: _Engine, max_files: int) -> Freshness:
     """Re-index what changed on disk since it was indexed (at most ``max_files`` files, in one targeted
     incremental run), before a one-shot search or answer; what is left is reported as ``stale``.
 
