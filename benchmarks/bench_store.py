@@ -491,7 +491,7 @@ def main() -> int:
             results["eval"] = part_eval(tmp, args)
             runs["eval"] = run
         if "scale" in parts:
-            results["scale"] = part_scale(tmp, args)
+            results["scale"] = {**results.get("scale", {}), **part_scale(tmp, args)}  # sizes of earlier runs
             runs["scale"] = run
         if "fault" in parts:
             results["fault"] = part_fault(tmp, args)

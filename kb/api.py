@@ -18,11 +18,13 @@ from kb.backends.llm import Generator
 from kb.backends.rerank import Reranker
 from kb.backends.store import Store
 from kb.evaluate import QuestionsReport, evaluate_questions
+from kb.evaluate_answers import AnswersReport, evaluate_answers
 from kb.index.engine import IndexEngine
 from kb.models import (
     Answer,
     DoctorReport,
-    Hit,
+    Freshness,
+    Hits,
     IndexReport,
     OnToken,
     PersonaInfo,
@@ -110,16 +112,18 @@ class KnowledgeBase:
         mode: str | None = None,
         source_type: str | Sequence[str] | None = None,
         path: str | Sequence[str] | None = None,
-    ) -> list[Hit]:
-        """The ``k`` chunks most relevant to ``query``, best first.
+    ) -> Hits:
+        """The ``k`` chunks most relevant to ``query``, best first (``.stale``: see :meth:`freshen`).
 
         ``mode``: ``hybrid`` (default: BM25 and dense vectors fused), ``dense`` or ``bm25``. ``source_type``
         (context, prd, resource, other) and ``path`` (shell globs on the workspace-relative path) filter.
         """
         if (owner := self._owner()) is not None:
             with owner:
-                return owner.search(query, k, mode=mode, source_type=source_type, path=path)
-        return self.query.search(query, k, mode=mode, source_type=source_type, path=path)
+                return Hits(owner.search(query, k, mode=mode, source_type=source_type, path=path))
+        fresh = self.freshen()
+        hits = self.query.search(query, k, mode=mode, source_type=source_type, path=path)
+        return Hits(hits, fresh.stale, fresh.refreshed)
 
     def ask(
         self,
@@ -148,7 +152,19 @@ class KnowledgeBase:
         if (owner := self._owner()) is not None:
             with owner:
                 return owner.ask(question, **params)
-        return self.query.ask(question, on_token=on_token, **params)
+        fresh = self.freshen()
+        answer = self.query.ask(question, on_token=on_token, stale=fresh.stale, **params)
+        answer.stale, answer.refreshed = fresh.stale, fresh.refreshed
+        return answer
+
+    def freshen(self) -> Freshness:
+        """Before a search or an answer in this process (no ``kb watch`` owns the index): re-index the sources
+        that changed on disk (settings ``refresh``, ``refresh_max_files``), or, with ``refresh`` off, find
+        which are stale (a stat per file). Answers never show a quote from a stale source that is no longer at
+        its lines."""
+        if self.settings.refresh:
+            return self.engine.refresh(self.settings.refresh_max_files)
+        return Freshness(stale=self.engine.stale_paths())
 
     def status(self) -> Status:
         if (owner := self._owner()) is not None:
@@ -178,6 +194,22 @@ class KnowledgeBase:
         For BEIR-format datasets see :func:`kb.evaluate.evaluate_beir` (``kb eval DATASET_DIR``).
         """
         return evaluate_questions(self.search, questions, k=k, mode=mode or self.settings.search_mode)
+
+    def evaluate_answers(
+        self, questions: str | os.PathLike[str], *, k: int = 8, llm: str | None = None
+    ) -> AnswersReport:
+        """Ask every question of a labelled answer set and score the answers: leads with team context,
+        sentence precision, key-fact recall, fragments, supported, length, and retrieval of the labelled
+        sections (see :mod:`kb.evaluate_answers`)."""
+        backend = llm or ("llm" if self.query.generator is not None else self.settings.llm)
+        return evaluate_answers(
+            lambda q, persona: self.ask(q, persona=persona or "auto", llm=llm),
+            lambda q, n: self.search(q, n),
+            questions,
+            self.workspace.root,
+            backend=backend,
+            k=k,
+        )
 
     def watch(self, **options: Any) -> None:
         """Keep the index equal to the files until Ctrl-C or SIGTERM, serving search/ask/status to other

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -85,6 +85,29 @@ class Hit(_Dict):
         return d
 
 
+class Hits(list[Hit]):
+    """What a search returns: the hits, best first (a list), and how fresh the index was for them:
+    ``stale`` lists indexed sources that changed on disk and were not re-indexed, ``refreshed`` those
+    re-indexed first."""
+
+    def __init__(self, hits: Iterable[Hit] = (), stale: Iterable[str] = (), refreshed: Iterable[str] = ()):
+        super().__init__(hits)
+        self.stale = list(stale)
+        self.refreshed = list(refreshed)
+
+
+@dataclass
+class Freshness(_Dict):
+    """The index against the files before a search or an answer (a stat per file, nothing read): the changed
+    sources re-indexed first (``refreshed``) and those left stale (``stale``: changed or deleted since they
+    were indexed), with why they were left (``reason``)."""
+
+    refreshed: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    reason: str | None = None
+    ms: float = 0.0
+
+
 @dataclass
 class Citation(_Dict):
     """A quote that really is at ``path`` lines ``start_line``-``end_line``."""
@@ -131,6 +154,8 @@ class Answer(_Dict):
     backend: str = "extractive"
     sentences: list[AnswerSentence] = field(default_factory=list)
     persona_picked: bool = False  # True when kb chose the persona for this question (no --persona)
+    stale: list[str] = field(default_factory=list)  # indexed sources changed on disk and not re-indexed
+    refreshed: list[str] = field(default_factory=list)  # changed sources re-indexed before answering
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +166,8 @@ class Answer(_Dict):
             "abstained": self.abstained,
             "backend": self.backend,
             "persona_picked": self.persona_picked,
+            "stale": self.stale,
+            "refreshed": self.refreshed,
             "sentences": [s.to_dict() for s in self.sentences],
             "citations": [c.to_dict() for c in self.citations],
             "nearest": [

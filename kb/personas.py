@@ -154,10 +154,11 @@ def parse_persona(text: str, name: str, origin: str = "bundled", path: str = "")
         if qs:
             p.when_to_consult[group] = qs
     p.how_i_work = "\n".join(sections.get("how i work", [])).strip()
-    for line in sections.get("context files i use", []):
-        m = re.match(r"^\s*[-*]\s+`([^`]+)`\s*(?:[-–—:]\s*(.*))?$", line)
+    for line in sections.get("context files i use", []):  # "- `path` - why" or "- Project files in `dir/`"
+        m = re.match(r"^\s*[-*]\s+(.*?)`([^`]+)`\s*(?:[-–—:]\s*(.*))?$", line)
         if m:
-            p.context_files.append((m.group(1), m.group(2) or ""))
+            why = " ".join(x.strip() for x in (m.group(1), m.group(3) or "") if x and x.strip())
+            p.context_files.append((m.group(2).strip(), why))
     guard = subsections.get("my guardrails", {})
     for sub_name, body in guard.items():
         labelled = [m for m in map(_LABELLED.match, body) if m]

@@ -18,14 +18,30 @@ from kb.models import Hit
 Embed = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised vectors, one row each
 
 
+StillThere = Callable[
+    [str, int, int, str], bool
+]  # (path, start, end, quote) -> is the quote at those lines now
+
+
+def _always(path: str, start: int, end: int, quote: str) -> bool:
+    return True
+
+
 @dataclass
 class Evidence:
-    """What retrieval hands an answerer: the hits for the question, and per persona priority its own hits."""
+    """What retrieval hands an answerer: the hits for the question; the team's own (context files and PRDs,
+    searched on their own so that resources cannot crowd them out); per persona priority its own hits; the
+    team directory's hits about a service the question names (``owners``); and ``still_there``, which says
+    whether a quote is still at its lines of the file (:mod:`kb.answer.fresh`)."""
 
     question: str
     hits: list[Hit]
     aspects: dict[str, list[Hit]] = field(default_factory=dict)
     aspect_vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    team: list[Hit] = field(default_factory=list)
+    owners: list[Hit] = field(default_factory=list)
+    entities: list[str] = field(default_factory=list)  # services the question names
+    still_there: StillThere = _always
 
 
 @dataclass
@@ -44,6 +60,35 @@ _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[A-Z0-9\"'(\[*`])")
 _ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|no|fig)\.$", re.I)
 
 
+def split_paragraph(para: Sequence[tuple[int, str]], min_words: int = 4) -> list[tuple[str, int, int]]:
+    """The sentences of a paragraph given as ``(line number, line)`` pairs: ``(text, first line, last line)``,
+    whitespace-normalised, a leading list marker removed, sentences under ``min_words`` words left out."""
+    out: list[tuple[str, int, int]] = []
+    if not para:
+        return out
+    joined = ""
+    offsets: list[tuple[int, int]] = []  # (char offset in joined, line number)
+    for ln, text in para:
+        if joined:
+            joined += "\n"
+        offsets.append((len(joined), ln))
+        joined += text
+    starts = [0]
+    for m in _BOUNDARY.finditer(joined):
+        if not _ABBREV.search(joined[: m.start() + 1]):
+            starts.append(m.end())
+    starts.append(len(joined))
+    for a, b in zip(starts, starts[1:], strict=False):
+        text = " ".join(joined[a:b].split())
+        text = _LIST.sub("", text, count=1) if a == 0 else text
+        if len(text.split()) < min_words:
+            continue
+        first = max(ln for off, ln in offsets if off <= a)
+        last = max(ln for off, ln in offsets if off <= max(a, b - 1))
+        out.append((text, first, last))
+    return out
+
+
 def sentences_of(hit: Hit) -> list[Sentence]:
     """Split a chunk into sentences (and table rows), each with the exact lines it occupies."""
     lines = hit.text.split("\n")
@@ -52,29 +97,7 @@ def sentences_of(hit: Hit) -> list[Sentence]:
     para: list[tuple[int, str]] = []
 
     def flush() -> None:
-        if not para:
-            return
-        joined = ""
-        offsets: list[tuple[int, int]] = []  # (char offset in joined, line number)
-        for ln, text in para:
-            if joined:
-                joined += "\n"
-            offsets.append((len(joined), ln))
-            joined += text
-        starts = [0]
-        for m in _BOUNDARY.finditer(joined):
-            if not _ABBREV.search(joined[: m.start() + 1]):
-                starts.append(m.end())
-        starts.append(len(joined))
-        for a, b in zip(starts, starts[1:], strict=False):
-            raw = joined[a:b]
-            text = " ".join(raw.split())
-            text = _LIST.sub("", text, count=1) if a == 0 else text
-            if len(text.split()) < 4:
-                continue
-            first = max(ln for off, ln in offsets if off <= a)
-            last = max(ln for off, ln in offsets if off <= max(a, b - 1))
-            out.append(Sentence(text, hit, first, last))
+        out.extend(Sentence(text, hit, first, last) for text, first, last in split_paragraph(para))
         para.clear()
 
     for i, line in enumerate(lines):

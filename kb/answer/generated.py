@@ -12,11 +12,14 @@ import time
 
 from kb.answer.evidence import Embed, Evidence
 from kb.answer.grounding import Prompt, build_prompt, estimate_tokens
-from kb.answer.verify import verify
+from kb.answer.verify import Verified, verify
 from kb.backends.llm import Generator
-from kb.models import Answer, Hit, OnToken
+from kb.models import Answer, AnswerSentence, Hit, OnToken
 from kb.personas import Persona
-from kb.prompts import CANNOT_ANSWER
+from kb.prompts import CANNOT_ANSWER, GUIDANCE, NO_TEAM_CONTEXT
+
+#: The team's own hits go first in the model's context when they score at least this share of the best hit.
+TEAM_FIRST = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,11 @@ class LLMAnswerer:
         unsupported: str = "remove",
         on_token: OnToken | None = None,
         priority_hits: int = 2,
+        team_hits: int = 2,
     ):
         self.generator = generator
         self.priority_hits = priority_hits
+        self.team_hits = team_hits
         self.name = generator.name
         self.embed = embed
         self.max_tokens = max_tokens
@@ -51,9 +56,15 @@ class LLMAnswerer:
         t0 = time.perf_counter()
         hits: list[Hit] = []
         seen: set[str] = set()
-        # The question's own hits first (most relevant first), then the best hits of the persona's priorities.
+        # The team's own best hits first (its decision leads), then the question's hits (most relevant first),
+        # then the best hits of the persona's priorities.
         extra = [hs[0] for hs in evidence.aspects.values() if hs][: self.priority_hits]
-        for hit in [*evidence.hits, *extra]:
+        team = [
+            h
+            for h in evidence.team
+            if h.score >= TEAM_FIRST * max((x.score for x in evidence.hits), default=0)
+        ]
+        for hit in [*team[: self.team_hits], *evidence.hits, *extra]:
             key = hit.chunk_id or f"{hit.path}:{hit.start_line}"
             if key not in seen:
                 seen.add(key)
@@ -86,15 +97,36 @@ class LLMAnswerer:
         )
         t2 = time.perf_counter()
         log.debug("model reply (unverified): %r", raw)
-        checked = verify(raw, prompt, self.embed, mode=self.unsupported)
+        checked = verify(raw, prompt, self.embed, mode=self.unsupported, still_there=evidence.still_there)
         self.timings = {"prompt": t1 - t0, "generate": t2 - t1, "verify": time.perf_counter() - t2}
         self.last_prompt, self.last_raw = prompt, raw
         base.sentences = checked.sentences
         if checked.abstained:
             return base
-        text = checked.text
+        text = team_first(checked, prompt) if self.unsupported == "remove" else checked.text
         if title:
             n = len({c.path for c in checked.citations})
             text = f"**{title}** · {n} source{'s' if n != 1 else ''} in the knowledge base\n\n{text}"
         base.answer, base.abstained, base.citations, base.nearest = text, False, checked.citations, []
         return base
+
+
+def team_first(checked: Verified, prompt: Prompt) -> str:
+    """The verified sentences, those citing the team's own sources first, then general guidance from the
+    resources under its label; when none cites the team, the answer says the workspace has nothing on it."""
+    kinds = {c.id: c.url is not None or _resource(prompt, c.path) for c in checked.citations}
+    shown = [s for s in checked.sentences if s.supported and s.citations]
+    team = [s for s in shown if not all(kinds.get(i, False) for i in s.citations)]
+    guidance = [s for s in shown if s not in team]
+
+    def line(s: AnswerSentence) -> str:
+        return f"- {s.text} " + "".join(f"[{i}]" for i in s.citations)
+
+    parts = [line(s) for s in team]
+    if guidance:
+        parts += (["", f"**{GUIDANCE}**"] if team else [NO_TEAM_CONTEXT]) + [line(s) for s in guidance]
+    return "\n".join(parts)
+
+
+def _resource(prompt: Prompt, path: str) -> bool:
+    return any(h.path == path and h.source_type == "resource" for h in prompt.context.values())

@@ -134,13 +134,18 @@ def build_prompt(
     for hit in cleaned:
         n = len(context) + 1
         location = _fenced(_location(hit))
-        block = SOURCE_BLOCK.format(n=n, boundary=boundary, location=location, text=_fenced(hit.text))
+        kind = "resource" if hit.source_type == "resource" else "team"
+        block = SOURCE_BLOCK.format(
+            n=n, boundary=boundary, kind=kind, location=location, text=_fenced(hit.text)
+        )
         cost = count(block) + 2
         if cost > budget and not context:  # the most relevant chunk alone is too long: keep its beginning
             text = hit.text
             while text and cost > budget:
                 text = text[: int(len(text) * budget / cost * 0.9)]
-                block = SOURCE_BLOCK.format(n=n, boundary=boundary, location=location, text=_fenced(text))
+                block = SOURCE_BLOCK.format(
+                    n=n, boundary=boundary, kind=kind, location=location, text=_fenced(text)
+                )
                 cost = count(block) + 2
             if not text:
                 dropped += 1

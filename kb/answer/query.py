@@ -8,13 +8,18 @@ from the manifest, near-duplicates folded) → per persona priority, a steered d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from kb.answer.answerers import make_answerer
-from kb.answer.extractive import Evidence
+from kb.answer.compose import entities
+from kb.answer.evidence import Evidence
+from kb.answer.fresh import CurrentLines
+from kb.answer.priors import TEAM_TYPES
 from kb.answer.retrieval import Filters, Scored, near_duplicate, rerank, retrieve, word_set
 from kb.backends.llm import Generator
 from kb.backends.rerank import Reranker, make_reranker
@@ -25,6 +30,9 @@ from kb.models import Answer, Hit, OnToken
 from kb.personas import Persona, get_persona, list_personas
 
 MAX_QUERY_CHARS = 4000
+#: Hits retrieved from the team's own sources (context files, PRDs) besides the question's top k.
+TEAM_HITS = 6
+_OWNS = re.compile(r"\bown", re.I)  # a context file "I use" for who owns what: the team directory
 READ_TRIES = 3  # a search is read again (at most this often) when a writer committed while it ran
 
 
@@ -70,9 +78,10 @@ class Query:
         filters = Filters.make(source_type, path)
         self.engine.ready()
         vector = self.engine.embedder.embed([query])[0] if mode != "bm25" else None
+        embed = self.engine.embed_cached
         for _ in range(READ_TRIES):  # read again if a writer committed meanwhile: one state, never a mix
             with self.engine.snapshot() as (manifest, store, seq):
-                scored = retrieve(manifest, store, query, vector, k, mode, filters)
+                scored = retrieve(manifest, store, query, vector, k, mode, filters, embed=embed)
                 hits = hits_of(manifest, self._rerank(manifest, query, scored, k), k)
             if not self.engine.committed_since(seq):
                 break
@@ -94,32 +103,13 @@ class Query:
         path: str | Sequence[str] | None = None,
         llm: str | None = None,
         on_token: OnToken | None = None,
+        stale: Collection[str] = (),
     ) -> Answer:
-        question = clean_query(question)
-        mode = mode or self.settings.search_mode
-        filters = Filters.make(source_type, path)
-        qvec = self.engine.embedder.embed([question])[0]
-        chosen, picked = self.choose_persona(qvec, persona or self.settings.persona)
-        k = k or self.settings.top_k
-        self.engine.ready()
-        aspects = chosen.always_consider if chosen else []
-        aspect_vectors = self.engine.embed_cached(self._aspect_texts(chosen))
-        for _ in range(READ_TRIES):  # read again if a writer committed meanwhile: one state, never a mix
-            with self.engine.snapshot() as (manifest, store, seq):
-                scored = retrieve(manifest, store, question, qvec, k, mode, filters)
-                evidence = Evidence(
-                    question, hits_of(manifest, self._rerank(manifest, question, scored, k), k)
-                )
-                # The persona's priorities decide what further evidence is looked for: the question, steered
-                # towards each priority.
-                for aspect, vec in zip(aspects, aspect_vectors, strict=True):
-                    steered = qvec + vec
-                    steered /= max(float((steered @ steered) ** 0.5), 1e-12)
-                    found = retrieve(manifest, store, question, steered, 8, "dense", filters, candidates=8)
-                    evidence.aspects[aspect.label] = hits_of(manifest, found, 3)
-                    evidence.aspect_vectors[aspect.label] = vec
-            if not self.engine.committed_since(seq):
-                break
+        """A grounded answer; ``stale``: indexed sources that changed on disk since they were indexed (their
+        quotes are checked against the file as it is now, :mod:`kb.answer.fresh`)."""
+        evidence, chosen, picked = self.evidence(
+            question, persona=persona, k=k, mode=mode, source_type=source_type, path=path, stale=stale
+        )
         answerer = make_answerer(  # llm None: the injected generator, else the `llm` setting
             llm,
             self.settings,
@@ -132,6 +122,88 @@ class Query:
         answer = answerer.answer(evidence, chosen)
         answer.persona_picked = picked
         return answer
+
+    def evidence(
+        self,
+        question: str,
+        *,
+        persona: str | None = None,
+        k: int | None = None,
+        mode: str | None = None,
+        source_type: str | Sequence[str] | None = None,
+        path: str | Sequence[str] | None = None,
+        stale: Collection[str] = (),
+    ) -> tuple[Evidence, Persona | None, bool]:
+        """What an answerer gets for ``question``: the hits; the team's own hits (context files and PRDs,
+        retrieved on their own so resources cannot crowd them out); per persona priority, the question steered
+        towards it; the team directory's hits on a service the question names. Also the persona and whether
+        kb picked it."""
+        question = clean_query(question)
+        mode = mode or self.settings.search_mode
+        filters = Filters.make(source_type, path)
+        qvec = self.engine.embedder.embed([question])[0]
+        chosen, picked = self.choose_persona(qvec, persona or self.settings.persona)
+        k = k or self.settings.top_k
+        self.engine.ready()
+        embed = self.engine.embed_cached
+        reads_first = [f for f, _ in chosen.context_files] if chosen else []
+        aspects = chosen.always_consider if chosen else []
+        aspect_vectors = embed(self._aspect_texts(chosen))
+        team = Filters.make(
+            [t for t in TEAM_TYPES if not filters.source_types or t in filters.source_types], path
+        )
+        directory = [f for f, why in (chosen.context_files if chosen else []) if _OWNS.search(why)]
+        for _ in range(READ_TRIES):  # read again if a writer committed meanwhile: one state, never a mix
+            with self.engine.snapshot() as (manifest, store, seq):
+                evidence = self._gather(
+                    manifest, store, question, qvec, k, mode, filters, team, directory, reads_first
+                )
+                # The persona's priorities decide what further evidence is looked for: the question, steered
+                # towards each priority.
+                for aspect, vec in zip(aspects, aspect_vectors, strict=True):
+                    steered = qvec + vec
+                    steered /= max(float((steered @ steered) ** 0.5), 1e-12)
+                    found = retrieve(
+                        manifest, store, question, steered, 8, "dense", filters, candidates=8, priors=False
+                    )
+                    evidence.aspects[aspect.label] = hits_of(manifest, found, 3)
+                    evidence.aspect_vectors[aspect.label] = vec
+            if not self.engine.committed_since(seq):
+                break
+        evidence.still_there = CurrentLines(
+            self.engine.workspace.root, stale, int(self.settings.max_file_mb * 1024 * 1024)
+        )
+        return evidence, chosen, picked
+
+    def _gather(
+        self,
+        manifest: Manifest,
+        store: Any,
+        question: str,
+        qvec: np.ndarray,
+        k: int,
+        mode: str,
+        filters: Filters,
+        team: Filters,
+        directory: list[str],
+        reads_first: list[str],
+    ) -> Evidence:
+        """The question's hits, the team's own hits (whole sections) and the team directory's hits on a
+        service the question names, from one state of the index."""
+        embed = self.engine.embed_cached
+
+        def hits(query: str, vec: np.ndarray, n: int, flt: Filters, rerank: bool = False) -> list[Hit]:
+            found = retrieve(manifest, store, query, vec, n, mode, flt, embed=embed, boost=reads_first)
+            return hits_of(manifest, self._rerank(manifest, query, found, n) if rerank else found, n)
+
+        evidence = Evidence(question, hits(question, qvec, k, filters, rerank=True))
+        if team.source_types:
+            evidence.team = whole_sections(manifest, hits(question, qvec, TEAM_HITS, team))
+        evidence.entities = entities(question)
+        if evidence.entities and directory:
+            query = f"{question} {' '.join(evidence.entities)} owner"
+            evidence.owners = hits(query, qvec, 3, Filters.make(None, directory))
+        return evidence
 
     def persona(self, name: str) -> Persona:
         return get_persona(name, self.engine.workspace.personas_dir)
@@ -178,6 +250,27 @@ def clean_query(text: str) -> str:
             'The question is empty. Ask something, e.g.: kb ask "Who owns the notifications service?"'
         )
     return text[:MAX_QUERY_CHARS]
+
+
+def whole_sections(manifest: Manifest, hits: list[Hit]) -> list[Hit]:
+    """``hits``, each followed by the other chunks of its section (a team's section is its answer: an answer
+    quotes it whole, not the one chunk that matched), with the hit's score."""
+    out: list[Hit] = []
+    seen = {h.chunk_id for h in hits}
+    files: dict[str, list[Any]] = {}
+    for h in hits:
+        out.append(h)
+        if h.path not in files:
+            files[h.path] = manifest.chunks_of(h.path)
+        for row in files[h.path]:
+            if row.heading == h.heading and row.id not in seen:
+                seen.add(row.id)
+                out.append(
+                    replace(
+                        h, chunk_id=row.id, start_line=row.start_line, end_line=row.end_line, text=row.text
+                    )
+                )
+    return out
 
 
 def hits_of(manifest: Manifest, scored: list[Scored], k: int, fold: bool = True) -> list[Hit]:

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from kb.answer.priors import Embed, apply_priors
 from kb.backends.rerank import Reranker
 from kb.backends.store import Store
 from kb.errors import KbError
@@ -55,7 +56,7 @@ class Filters:
         for t in types:
             if t not in SOURCE_TYPES:
                 raise KbError(f"Unknown source type {t!r}. Use one of: {', '.join(SOURCE_TYPES)}.")
-        return cls(types, tuple(g.strip().lstrip("./") or "*" for g in globs if g.strip()))
+        return cls(types, tuple(_relative(g) for g in globs if g.strip()))
 
     def __bool__(self) -> bool:
         return bool(self.source_types or self.paths)
@@ -69,6 +70,15 @@ class Filters:
                 continue
             out.append(src.path)
         return sorted(out)
+
+
+def _relative(glob: str) -> str:
+    """A path glob as the workspace-relative paths are written: a leading ``./`` dropped (``.workos/...``
+    keeps its dot)."""
+    glob = glob.strip()
+    while glob.startswith("./"):
+        glob = glob[2:]
+    return glob or "*"
 
 
 @dataclass
@@ -113,8 +123,16 @@ def retrieve(
     filters: Filters | None = None,
     candidates: int = CANDIDATES,
     weight: float = DENSE_WEIGHT,
+    *,
+    embed: Embed | None = None,
+    boost: Sequence[str] = (),
+    priors: bool = True,
 ) -> list[Scored]:
-    """The best ``k``-ish candidates (more than ``k``: callers drop rows and fold duplicates), best first."""
+    """The best ``k``-ish candidates (more than ``k``: callers drop rows and fold duplicates), best first.
+
+    ``priors`` (:mod:`kb.answer.priors`): team sections whose heading names the topic (needs ``embed``, the
+    cached embedder), the files in ``boost`` (a persona's context files), no file crowding out the others.
+    """
     if mode not in MODES:
         raise KbError(f"Unknown retrieval mode {mode!r}. Use one of: {', '.join(MODES)}.")
     allowed: list[str] | None = None
@@ -132,17 +150,22 @@ def retrieve(
         dense = store.query(vector, depth, where)
     if mode in ("hybrid", "bm25"):
         lexical = manifest.lexical_query(query, 2 * depth, allowed, sections=depth)
+    window = max(3 * k, PRIOR_WINDOW)
     if mode == "dense":
-        return [Scored(c, s, dense=s) for c, s in dense]
-    weights = manifest.lexical_weights(query)
-    top = max_score(weights) or 1.0
-    if mode == "bm25":
-        scored = [Scored(c, s / top, lexical=s) for c, s in lexical]
+        scored = [Scored(c, s, dense=s) for c, s in dense]
     else:
-        scored = fuse(dense, lexical, top, weight)
-    return within_sections(
-        manifest, scored, weights, top, max(3 * k, 30), 1.0 if mode == "bm25" else 1 - weight
-    )
+        weights = manifest.lexical_weights(query)
+        top = max_score(weights) or 1.0
+        if mode == "bm25":
+            scored = [Scored(c, s / top, lexical=s) for c, s in lexical]
+        else:
+            scored = fuse(dense, lexical, top, weight)
+        scored = within_sections(
+            manifest, scored, weights, top, max(3 * k, 30), 1.0 if mode == "bm25" else 1 - weight
+        )
+    if not priors:
+        return scored
+    return apply_priors(manifest, scored, window, vector=vector, embed=embed, boost=boost)
 
 
 def within_sections(
@@ -175,6 +198,9 @@ def within_sections(
             s.score -= share * gap * (s.lexical or 0.0) / top
     return sorted(scored[:window], key=lambda x: -x.score) + scored[window:]
 
+
+#: How many of the best candidates the priors (kb.answer.priors) re-score (at least 3 k).
+PRIOR_WINDOW = 100
 
 #: How many fused candidates a reranker sees (at least ``k``).
 RERANK_DEPTH = 30

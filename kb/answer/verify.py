@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kb.answer.evidence import Embed, sentences_of
+from kb.answer.evidence import Embed, StillThere, sentences_of
 from kb.answer.grounding import Prompt, sanitize_output
 from kb.models import AnswerSentence, Citation, Hit
 from kb.prompts import CANNOT_ANSWER, LINK_REMOVED, UNSUPPORTED_MARK
@@ -36,6 +36,12 @@ _SENTINEL = re.compile(
     r"doesn't)\b[^.]{0,30}\b(?:answer|say|mention|contain|cover)",
     re.I,
 )
+
+
+def _fragment(text: str) -> bool:
+    """A model's line that is no sentence: a short label with no sentence end ("Pagination strategy")."""
+    words = re.findall(r"[A-Za-z0-9]+", text)
+    return len(words) < 6 and not re.search(r"[.!?][\"')\]*_`]*$", text.strip())
 
 
 def citation_ids(text: str) -> list[int]:
@@ -229,9 +235,17 @@ def _pool(hit: Hit) -> list[tuple[int, int, str]]:
 
 
 def verify(
-    raw: str, prompt: Prompt, embed: Embed, *, mode: str = "remove", attribute: bool = True
+    raw: str,
+    prompt: Prompt,
+    embed: Embed,
+    *,
+    mode: str = "remove",
+    attribute: bool = True,
+    still_there: StillThere | None = None,
 ) -> Verified:
-    """Check a model's reply against the context it was given (see the module docstring).
+    """Check a model's reply against the context it was given (see the module docstring). ``still_there``:
+    whether a quote is still at its lines of the file (a source changed since it was indexed); a quote that is
+    not is no support.
 
     A sentence citing a chunk that does not support it is unsupported. A sentence with no valid citation
     (none, or only ids that were never in the context) is given the chunk that supports it when ``attribute``
@@ -247,6 +261,7 @@ def verify(
             _SENTINEL.search(c.text)
             or c.text.lower().startswith("from:")
             or c.text.endswith(":")
+            or (not c.code and _fragment(c.text))
             or gist in seen
         ):
             continue
@@ -282,6 +297,10 @@ def verify(
             else:
                 sims = pool_vec[offsets[n] : offsets[n] + len(pools[n])] @ vectors[ci]
                 support = judge(claim.text, prompt.context[n], pools[n], sims, strict=not claim.cited)
+            if support.sentence and still_there is not None:
+                hit = prompt.context[n]
+                if not still_there(hit.path, support.sentence[0], support.sentence[1], support.sentence[2]):
+                    support = Support(False, support.lexical, support.similarity, support.sentence)
             checks.append(support)
             if support.supported and support.sentence:
                 judged.append((support.lexical + support.similarity, n, support))

@@ -19,6 +19,7 @@ from kb.cli.options import (
     EXIT_ABSTAINED,
     JsonOpt,
     ModeOpt,
+    NoRefreshOpt,
     PathOpt,
     ServerOpt,
     TypeOpt,
@@ -100,21 +101,29 @@ def search(
     mode: ModeOpt = None,
     source_type: TypeOpt = None,
     path: PathOpt = None,
+    no_refresh: NoRefreshOpt = False,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
     server: ServerOpt = None,
 ) -> None:
     """Show the chunks most relevant to QUERY, with file and line range.
 
+    Sources that changed since they were indexed are re-indexed first (unless --no-refresh, which reports them
+    as stale).
+
     Example: kb search "notification retention" -k 5
 
     Example: kb search "rate limits" --type prd --path 'projects/prds/notif*' --mode bm25
     """
-    from kb.cli.render import print_hits
+    from kb.cli.render import print_freshness, print_hits
 
-    hits = serving(workspace, server).search(query, k=k, mode=mode, source_type=source_type, path=path)
+    svc = serving(workspace, server, **({"refresh": False} if no_refresh else {}))
+    hits = svc.search(query, k=k, mode=mode, source_type=source_type, path=path)
+    stale, refreshed = list(getattr(hits, "stale", [])), list(getattr(hits, "refreshed", []))
+    print_freshness(err, stale, refreshed)
     if json_out:
-        return print_json({"query": query, "hits": [h.to_dict() for h in hits]})
+        data = {"query": query, "hits": [h.to_dict() for h in hits], "stale": stale, "refreshed": refreshed}
+        return print_json(data)
     print_hits(out, hits)
 
 
@@ -137,6 +146,7 @@ def ask(
     mode: ModeOpt = None,
     source_type: TypeOpt = None,
     path: PathOpt = None,
+    no_refresh: NoRefreshOpt = False,
     workspace: WorkspaceOpt = None,
     json_out: JsonOpt = False,
     server: ServerOpt = None,
@@ -146,15 +156,17 @@ def ask(
     When the sources do not answer it, kb says so, lists the nearest sources and exits with code 3.
     Without --persona, kb picks the persona that fits the question (kb.toml `persona` fixes one).
     With --llm a language model writes the answer (its draft streams to stderr); kb then checks every
-    sentence against the source it cites and removes what the source does not support.
+    sentence against the source it cites and removes what the source does not support. Sources that changed
+    since they were indexed are re-indexed first; with --no-refresh they are reported as stale, and a quote no
+    longer at its lines is never shown.
 
     Example: kb ask "How should we paginate the notifications API?" --persona backend-engineer
 
     Example: KB_LLM_BASE_URL=http://127.0.0.1:8080/v1 kb ask "Who owns notifications?" --llm openai-compatible
     """
-    from kb.cli.render import DraftPrinter, print_answer, print_persona_picked
+    from kb.cli.render import DraftPrinter, print_answer, print_freshness, print_persona_picked
 
-    kb, draft = serving(workspace, server), DraftPrinter(err)
+    kb, draft = serving(workspace, server, **({"refresh": False} if no_refresh else {})), DraftPrinter(err)
     stream = draft if not json_out and kb.streams_tokens else None  # (not through kb watch)
     answer = kb.ask(
         question,
@@ -167,6 +179,7 @@ def ask(
         on_token=stream,
     )
     draft.close()
+    print_freshness(err, answer.stale, answer.refreshed)
     if json_out:
         print_json(answer.to_dict())
     else:
@@ -179,8 +192,17 @@ def ask(
 @app.command("eval")
 def eval_(
     dataset: Annotated[
-        str, typer.Argument(help="A BEIR dataset folder, or a JSONL file of your own questions.")
-    ],
+        str | None, typer.Argument(help="A BEIR dataset folder, or a JSONL file of your own questions.")
+    ] = None,
+    answers: Annotated[
+        str | None,
+        typer.Option(
+            "--answers", help="A labelled answer set (JSONL): score kb ask's answers, not only retrieval."
+        ),
+    ] = None,
+    llm: Annotated[
+        str | None, typer.Option("--llm", help="--answers: the answer backend (default: the llm setting).")
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="BEIR qrels split to score.")] = "test",
     mode: Annotated[
         list[str] | None, typer.Option("--mode", help="hybrid, dense or bm25 (repeatable).")
@@ -194,14 +216,25 @@ def eval_(
 ) -> None:
     """Measure retrieval: nDCG@10, Recall@100, MRR@10 and latency on a BEIR dataset (indexed once into a
     cache), or hit@1, hit@k and MRR of the workspace on a JSONL of
-    {"question", "expected": ["path#heading", ...]}.
+    {"question", "expected": ["path#heading", ...]}. With --answers, score the answers themselves on a
+    labelled set: leads with team context, sentence precision, key-fact recall, fragments, supported, length.
 
     Example: kb eval ../shared/bench/scifact --split train --mode hybrid --mode bm25
 
     Example: kb eval benchmarks/questions/sample-workspace.jsonl --workspace data
+
+    Example: kb eval --answers benchmarks/questions/answers.jsonl --workspace ./acme
     """
     from kb.cli.render import print_eval
 
+    if answers is not None:
+        if dataset is not None:
+            raise KbError("Give either a dataset or --answers FILE, not both.")
+        return _eval_answers(answers, k, llm, workspace, json_out)
+    if dataset is None:
+        raise KbError(
+            "Name what to evaluate: kb eval DATASET_DIR, kb eval QUESTIONS.jsonl or kb eval --answers FILE."
+        )
     modes = tuple(mode or ["hybrid"])
     if Path(dataset).is_file():
         return _eval_questions(dataset, modes, k, workspace, json_out)
@@ -227,6 +260,16 @@ def _eval_questions(
     if json_out:
         return print_json(report.to_dict())
     print_questions_eval(out, report)
+
+
+def _eval_answers(answers: str, k: int, llm: str | None, workspace: str | None, json_out: bool) -> None:
+    """``kb eval --answers FILE``: the answers of ``kb ask`` scored against a labelled set."""
+    from kb.cli.render import print_answers_eval
+
+    report = library(workspace).evaluate_answers(answers, k=max(k, 8), llm=llm)
+    if json_out:
+        return print_json(report.to_dict())
+    print_answers_eval(out, report)
 
 
 @app.command()

@@ -49,11 +49,20 @@ PathOpt = Annotated[
 ]
 
 
-def library(workspace: str | None) -> KnowledgeBase:
-    """The workspace's knowledge base in this process (imports the index stack)."""
+NoRefreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-refresh",
+        help="Do not re-index sources that changed since they were indexed; report them as stale instead.",
+    ),
+]
+
+
+def library(workspace: str | None, **overrides: Any) -> KnowledgeBase:
+    """The workspace's knowledge base in this process (imports the index stack); ``overrides``: settings."""
     from kb.api import KnowledgeBase
 
-    return KnowledgeBase.open(workspace)
+    return KnowledgeBase.open(workspace, **overrides)
 
 
 ServerOpt = Annotated[
@@ -68,18 +77,18 @@ ServerOpt = Annotated[
 ]
 
 
-def serving(workspace: str | None, server: str | None = None) -> Service:
+def serving(workspace: str | None, server: str | None = None, **overrides: Any) -> Service:
     """A remote ``kb serve`` when ``server`` (``--server``/``KB_SERVER``) names one (see
     :mod:`kb.serve.remote_http`); else the live ``kb watch``/``kb serve`` of the workspace when one runs (it
     owns the index: fresh results, no cold start, a thin import path; see :mod:`kb.serve.client`); else the
-    library."""
+    library (with settings ``overrides``, e.g. ``refresh=False``)."""
     if server:
         from kb.serve.remote_http import HttpRemote
 
         return HttpRemote(server, os.environ.get("KB_SERVE_TOKEN") or None)
     from kb.serve.client import connect
 
-    return connect(workspace) or library(workspace)
+    return connect(workspace) or library(workspace, **overrides)
 
 
 def progress_bar(json_out: bool) -> ProgressReporter:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from kb.models import Answer, Hit, IndexReport, Status, StoreStatus
-from kb.prompts import DRAFT_HEADER, NEAREST_SOURCES, PERSONA_PICKED
+from kb.prompts import DRAFT_HEADER, NEAREST_SOURCES, PERSONA_PICKED, REFRESHED_SOURCES, STALE_SOURCES
 
 _STAGES = {"scan": "Reading files", "embed": "Embedding chunks", "write": "Writing index", "done": "Done"}
 
@@ -79,6 +79,16 @@ def print_persona_picked(err: Console, a: Answer) -> None:
     """Which persona kb picked for the question (when it picked one), as a dim line on stderr."""
     if a.persona_picked and a.persona_title:
         err.print(PERSONA_PICKED.format(title=a.persona_title), style="dim")
+
+
+def print_freshness(err: Console, stale: list[str], refreshed: list[str]) -> None:
+    """On stderr: the sources re-indexed before answering (dim), and those left stale (a warning)."""
+    if refreshed:
+        paths = ", ".join(refreshed[:5]) + (f" and {len(refreshed) - 5} more" if len(refreshed) > 5 else "")
+        err.print(escape(REFRESHED_SOURCES.format(n=len(refreshed), paths=paths)), style="dim")
+    if stale:
+        paths = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        err.print("[yellow]warning:[/] " + escape(STALE_SOURCES.format(n=len(stale), paths=paths)))
 
 
 def print_index_report(out: Console, r: IndexReport) -> None:
@@ -185,3 +195,32 @@ def print_questions_eval(out: Console, r: Any) -> None:
         f"{r.questions} questions ({r.mode}): hit@1 {r.hit_at_1:.2f}  hit@{r.k} {r.hit_at_k:.2f}  "
         f"MRR {r.mrr:.3f}  p50 {r.latency_ms_p50:.1f} ms"
     )
+
+
+def print_answers_eval(out: Console, r: Any) -> None:
+    """``kb eval --answers``: one line per question, then the metrics of each split."""
+    for q in r.results:
+        marks = []
+        if q.leads is not None:
+            marks.append("lead" if q.leads else "NO-LEAD")
+        if q.flags_no_team is not None:
+            marks.append("flagged" if q.flags_no_team else "NOT-FLAGGED")
+        facts = f"facts {len(q.facts_found)}/{len(q.facts_found) + len(q.facts_missed)}"
+        out.print(
+            f"{q.split:<6} {' '.join(marks):<12} {facts:<10} {q.sentences:>2} sent.  {escape(q.question)}"
+        )
+    out.print(
+        f"{'split':<7} {'n':>3} {'leads':>6} {'flags':>6} {'prec.':>6} {'facts':>6} {'frag.':>5} "
+        f"{'supp.':>6} "
+        f"{'med.sent':>8} {'hit@k':>6} {'MRR':>6}"
+    )
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    for name, s in r.splits.items():
+        out.print(
+            f"{name:<7} {s.questions:>3} {f(s.leads_with_team_context):>6} {f(s.flags_no_team_context):>6} "
+            f"{s.sentence_precision:>6.2f} {s.key_fact_recall:>6.2f} {s.fragments:>5} {s.supported:>6.2f} "
+            f"{s.sentences_median:>8.1f} {f(s.retrieval_hit_at_k):>6} {f(s.retrieval_mrr):>6}"
+        )

@@ -1,16 +1,42 @@
 """What changed on disk since the index was built, found by stat alone (nothing is read): ``kb watch``'s
 periodic reconcile and its folder events (:meth:`kb.index.engine.IndexEngine.changed_paths` and
-:meth:`~kb.index.engine.IndexEngine.paths_under`)."""
+:meth:`~kb.index.engine.IndexEngine.paths_under`), and the refresh before a one-shot search or answer
+(:func:`refresh`)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any, Protocol
 
-from ingest.discovery import discover
+from ingest.discovery import discover, discover_paths
 from ingest.layout import DEFAULT_INCLUDE, PRUNED_DIRS
+from kb.errors import IndexLockedError, StorageError
 from kb.index.manifest import Manifest
+from kb.models import Freshness
 from kb.settings import Settings
+
+
+class _Engine(Protocol):  # what refresh needs of kb.index.engine.IndexEngine (no import: no cycle)
+    settings: Settings
+    workspace: Any
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def has_index(self) -> bool: ...
+
+    def reader(self) -> Manifest: ...
+
+    def changed_paths(self) -> set[str]: ...
+
+    def index(self, progress: Any = None, scope: Any = None) -> Any: ...
+
+
+log = logging.getLogger(__name__)
 
 
 def changed_paths(
@@ -54,3 +80,40 @@ def paths_under(root: Path, manifest: Manifest, folders: set[str]) -> set[str]:
                 here = Path(dirpath).relative_to(root).as_posix()
                 covered.update(f"{here}/{n}" for n in filenames)
     return covered
+
+
+def refresh(engine: _Engine, max_files: int) -> Freshness:
+    """Re-index what changed on disk since it was indexed (at most ``max_files`` files, in one targeted
+    incremental run), before a one-shot search or answer; what is left is reported as ``stale``.
+
+    Nothing is done when nothing is indexed or the index was built with other settings (the query says so). A
+    write lock held by another process, or a read-only index, leaves the changes stale.
+    """
+    started = time.perf_counter()
+    out = Freshness()
+    if not engine.has_index() or engine.reader().get_meta("fingerprint") != engine.fingerprint:
+        return out
+    known = engine.reader().sources()
+    changed = engine.changed_paths()
+    if changed and len(changed) <= max_files:
+        settings = engine.settings
+        cands, skipped = discover_paths(
+            engine.workspace.root,
+            DEFAULT_INCLUDE + settings.include,
+            settings.exclude,
+            int(settings.max_file_mb * 1024 * 1024),
+            changed,
+            follow_hardlinks=settings.follow_hardlinks,
+        )
+        try:
+            engine.index(scope=(cands, skipped, sorted(changed | {c.path for c in cands})))
+            out.refreshed = sorted(changed)
+            changed = set()
+        except (IndexLockedError, StorageError, OSError, sqlite3.Error) as exc:  # read-only, disk full
+            out.reason = str(exc).split("\n")[0]
+            log.info("could not re-index changed sources before answering: %s", out.reason)
+    elif changed:
+        out.reason = f"{len(changed)} files changed, more than refresh_max_files ({max_files})"
+    out.stale = sorted(p for p in changed if p in known)
+    out.ms = round((time.perf_counter() - started) * 1000, 2)
+    return out

@@ -37,12 +37,12 @@ from kb.errors import (
     StorageError,
     storage_error,
 )
-from kb.index.changes import changed_paths, paths_under
+from kb.index.changes import changed_paths, paths_under, refresh
 from kb.index.indexer import Indexer, Progress, Scope, fingerprint, text_hash
 from kb.index.manifest import Manifest
 from kb.index.wiring import check_probe, embedder_from, forget_probe, record_probe, store_from
 from kb.locks import Busy, file_lock
-from kb.models import IndexReport, SourceStatus, Status, StoreStatus, WatcherStatus
+from kb.models import Freshness, IndexReport, SourceStatus, Status, StoreStatus, WatcherStatus
 from kb.settings import Settings
 from kb.workspace import Workspace
 
@@ -297,6 +297,19 @@ class IndexEngine:
     def changed_paths(self, unloadable: dict[str, tuple[int, int]] | None = None) -> set[str]:
         """Paths whose files differ from the index (see :func:`kb.index.changes.changed_paths`)."""
         return changed_paths(self.workspace.root, self.settings, self.manifest(), unloadable)
+
+    def stale_paths(self) -> list[str]:
+        """Indexed sources whose file changed (size or mtime) or vanished since they were indexed: a stat per
+        file, nothing read ([] when nothing is indexed)."""
+        if not self.has_index():
+            return []
+        known = self.reader().sources()
+        return sorted(p for p in self.changed_paths() if p in known)
+
+    def refresh(self, max_files: int) -> Freshness:
+        """Re-index what changed on disk since it was indexed (at most ``max_files`` files), before a one-shot
+        search or answer; what is left is reported as ``stale`` (see :func:`kb.index.changes.refresh`)."""
+        return refresh(self, max_files)
 
     def paths_under(self, folders: set[str]) -> set[str]:
         """Every path under ``folders``, on disk or in the index (:func:`kb.index.changes.paths_under`)."""

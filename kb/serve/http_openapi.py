@@ -102,7 +102,7 @@ def openapi() -> dict[str, Any]:
                 "post": {
                     "summary": "Ranked chunks for a query (kb search --json)",
                     "requestBody": SEARCH,
-                    "responses": {"200": _json("{query, hits: [...]}"), **ERRORS},
+                    "responses": {"200": _json("{query, hits: [...], stale, refreshed}"), **ERRORS},
                 }
             },
             "/v1/ask": {

@@ -181,8 +181,10 @@ def build_mcp(
         """Find the passages of the workspace's documents most relevant to a query, best first.
 
         Returns {"query", "hits": [{"rank", "score", "path", "start_line", "end_line", "heading", "text",
-        "source_type", "url"?}]}: each hit is a passage (text) at lines start_line-end_line of path, under
-        heading; url is set for fetched web resources. Scores are comparable within one result list only."""
+        "source_type", "url"?}], "stale", "refreshed"}: each hit is a passage (text) at lines
+        start_line-end_line of path, under heading; url is set for fetched web resources. Scores are
+        comparable within one result list only. "stale" lists sources changed on disk since they were
+        indexed."""
         return _tool(
             lambda: tools().search(query, k=k, mode=mode, type=list(type) if type else None, path=path)
         )
@@ -195,9 +197,10 @@ def build_mcp(
 
         Returns {"question", "persona", "answer", "abstained", "backend", "persona_picked", "sentences":
         [{"text", "citations": [id], "supported"}], "citations": [{"id", "path", "start_line", "end_line",
-        "heading", "quote", "score", "url"?}], "nearest": [...]}. Each citation's quote is verbatim at those
-        lines of path (check with read_source). "abstained": true means the documents do not answer it:
-        "nearest" lists the closest sources; do not invent an answer."""
+        "heading", "quote", "score", "url"?}], "nearest": [...], "stale", "refreshed"}. Each citation's quote
+        is verbatim at those lines of path (check with read_source). "abstained": true means the documents do
+        not answer it: "nearest" lists the closest sources; do not invent an answer. "stale" lists sources
+        changed on disk since they were indexed (their quotes are not shown)."""
         return _tool(lambda: tools().ask(question, persona=persona, k=k, llm=llm))
 
     @server.tool(annotations=READ_ONLY)

@@ -238,6 +238,8 @@ def answer_from(data: dict[str, Any]) -> Answer:
         backend=data.get("backend", "extractive"),
         sentences=[AnswerSentence.from_dict(s) for s in data.get("sentences") or []],
         persona_picked=bool(data.get("persona_picked")),
+        stale=list(data.get("stale") or []),
+        refreshed=list(data.get("refreshed") or []),
     )
 
 

@@ -82,14 +82,20 @@ class Tools:
         type: str | list[str] | None = None,  # the public name of the filter (CLI: --type)
         path: str | list[str] | None = None,
     ) -> dict[str, Any]:
-        """The ``k`` chunks most relevant to ``query``: ``{"query", "hits": [...]}``."""
+        """The ``k`` chunks most relevant to ``query``: ``{"query", "hits": [...], "stale", "refreshed"}``
+        (the sources changed on disk since they were indexed: left as they were, or re-indexed first)."""
         query = _text("query", query, MAX_QUERY)
         k = _int("k", k, 1, MAX_K_SEARCH)
         mode = _choice("mode", mode, MODES)
         types = _items("type", type, MAX_NAME, TYPES)
         globs = _items("path", path, MAX_GLOB)
         hits = self.service.search(query, k, mode=mode, source_type=types, path=globs)
-        return {"query": query, "hits": [h.to_dict() for h in hits]}
+        return {  # as kb search --json (a library service re-indexes changed sources first: kb.api)
+            "query": query,
+            "hits": [h.to_dict() for h in hits],
+            "stale": list(getattr(hits, "stale", [])),
+            "refreshed": list(getattr(hits, "refreshed", [])),
+        }
 
     def ask(
         self,

@@ -169,6 +169,18 @@ class Settings(BaseSettings):
     min_relevance: float = Field(
         0.35, ge=0.0, le=1.0, description="Below this cosine similarity a sentence is not evidence."
     )
+    refresh: bool = Field(
+        True,
+        description="Before a search or an answer with no kb watch running, re-index the sources that "
+        "changed on disk since they were indexed (a stat per file; kb ask/search --no-refresh turns it off, "
+        "and then the changed sources are reported as stale).",
+    )
+    refresh_max_files: int = Field(
+        200,
+        ge=0,
+        description="Re-index at most this many changed files before a search or an answer; past it they are "
+        "reported as stale (run kb index).",
+    )
     store: StoreSettings = Field(
         default_factory=lambda: StoreSettings.model_validate({}),
         description="Where the vectors live: an embedded Chroma folder (default) or a Chroma server.",

@@ -17,9 +17,9 @@ nothing heavy at module level (numpy, httpx and kb's backends are imported where
   :class:`EmbeddingServer` (``/v1/embeddings`` serving the bundled model's vectors), :func:`fake_kb` (a kb
   verb with the fake embedder in a child process).
 
-The harness is split by what it stands up: ``processes`` (children, ports, polling, privileges), ``servers``
-(llama.cpp and the web mirror), ``workspaces`` (workspaces, embedders, citations) and ``services`` (a Chroma
-server, an embeddings server). Import from ``kb.testing``.
+The harness is split by what it stands up: ``processes`` (children, ports, polling, privileges),
+``servers`` (llama.cpp and the web mirror), ``workspaces`` (workspaces, embedders, citations) and ``services``
+(a Chroma server, an embeddings server). Import from ``kb.testing``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,105 @@
+"""Fresh or flagged: with no ``kb watch`` running, a search or an answer first re-indexes what changed on disk
+(a stat per file to find it), or, with ``--no-refresh``, says which sources are stale — and a quote that is no
+longer at its cited lines is never shown as supported."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from kb import KnowledgeBase
+from kb.locks import file_lock
+from kb.testing import run_kb, verify_citation
+
+OLD = "We deploy the zanzibar service with Nomad on bare metal."
+NEW = "We deploy the zanzibar service with Kubernetes on EKS since March."
+QUESTION = "How do we deploy the zanzibar service?"
+
+
+def stack(ws: Path, *lines: str) -> Path:
+    path = ws / ".workos/context/stack.md"
+    path.write_text("# Zanzibar\n\n" + "\n\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def indexed_with_stack(indexed: Path) -> Path:
+    stack(indexed, OLD, "The zanzibar service keeps its data in PostgreSQL.")
+    with KnowledgeBase.open(indexed) as kb:
+        kb.index()
+    return indexed
+
+
+def test_an_edit_after_kb_index_is_answered_from_the_new_text(indexed: Path) -> None:
+    ws = indexed_with_stack(indexed)
+    stack(ws, NEW, "The zanzibar service keeps its data in PostgreSQL.")
+    kb = KnowledgeBase.open(ws)
+    assert kb.engine.stale_paths() == [".workos/context/stack.md"]
+    answer = kb.ask(QUESTION, persona="backend-engineer")
+    assert answer.refreshed == [".workos/context/stack.md"] and answer.stale == []
+    assert "Kubernetes on EKS" in answer.answer and "Nomad" not in answer.answer
+    for c in answer.citations:
+        assert verify_citation(ws, c.path, c.start_line, c.end_line, c.quote), c
+    assert kb.engine.stale_paths() == []
+
+
+def test_no_refresh_flags_stale_sources_and_never_shows_a_moved_quote(indexed: Path) -> None:
+    ws = indexed_with_stack(indexed)
+    stack(ws, NEW, "The zanzibar service keeps its data in PostgreSQL.")  # line 3 now says something else
+    r = run_kb(
+        "ask", QUESTION, "--persona", "backend-engineer", "--no-refresh", "--json", "--workspace", str(ws)
+    )
+    assert r.returncode in (0, 3), r.stderr
+    data = json.loads(r.stdout)
+    assert data["stale"] == [".workos/context/stack.md"] and data["refreshed"] == []
+    assert "changed on disk since they were indexed" in r.stderr and ".workos/context/stack.md" in r.stderr
+    assert "Nomad" not in data["answer"], "the old sentence is no longer at its lines: never shown"
+    for c in data["citations"]:
+        assert verify_citation(ws, c["path"], c["start_line"], c["end_line"], c["quote"]), c
+    stack(ws, "A new first paragraph pushes everything down.", OLD)  # the old sentence moved to line 5
+    r = run_kb("ask", QUESTION, "--no-refresh", "--json", "--workspace", str(ws))
+    data = json.loads(r.stdout)
+    assert all(c["path"] != ".workos/context/stack.md" or c["start_line"] != 3 for c in data["citations"])
+    for c in data["citations"]:
+        assert verify_citation(ws, c["path"], c["start_line"], c["end_line"], c["quote"]), c
+
+
+def test_search_refreshes_or_reports_stale(indexed: Path) -> None:
+    ws = indexed_with_stack(indexed)
+    os.remove(ws / ".workos/context/stack.md")
+    r = run_kb("search", "zanzibar deploy", "--no-refresh", "--json", "--workspace", str(ws))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["stale"] == [".workos/context/stack.md"] and "warning:" in r.stderr
+    r = run_kb("search", "zanzibar deploy", "--json", "--workspace", str(ws))
+    data = json.loads(r.stdout)
+    assert data["refreshed"] == [".workos/context/stack.md"] and data["stale"] == []
+    assert all(h["path"] != ".workos/context/stack.md" for h in data["hits"])
+
+
+def test_a_refresh_is_bounded_and_yields_to_another_writer(indexed: Path) -> None:
+    ws = indexed_with_stack(indexed)
+    stack(ws, NEW)
+    kb = KnowledgeBase.open(ws, refresh_max_files=0)
+    fresh = kb.freshen()
+    assert fresh.stale == [".workos/context/stack.md"] and "refresh_max_files" in (fresh.reason or "")
+    kb.close()
+    with file_lock(
+        ws / ".workos/.kb/write.lock", wait=False, record_pid=True
+    ):  # another writer holds the index
+        r = run_kb("ask", QUESTION, "--json", "--workspace", str(ws))
+    assert r.returncode in (0, 3), r.stderr
+    data = json.loads(r.stdout)
+    assert data["stale"] == [".workos/context/stack.md"] and "Nomad" not in data["answer"]
+
+
+def test_the_check_reads_no_file_and_sees_a_touch(indexed: Path) -> None:
+    kb = KnowledgeBase.open(indexed)
+    assert kb.engine.stale_paths() == []
+    prd = indexed / "projects/prds/usage-export.md"
+    st = prd.stat()
+    os.utime(prd, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert kb.engine.stale_paths() == ["projects/prds/usage-export.md"]
+    fresh = kb.freshen()
+    assert fresh.refreshed == ["projects/prds/usage-export.md"] and fresh.stale == []
+    assert kb.engine.stale_paths() == []
