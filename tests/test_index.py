@@ -321,7 +321,7 @@ def test_killed_run_leaves_previous_or_new_state_and_next_run_reconciles(
     edit_for_kill_test(indexed)
     proc = subprocess.run([sys.executable, "-c", KILLER, str(indexed), point], capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    kb = KnowledgeBase.open(indexed)
+    kb = KnowledgeBase.open(indexed, refresh=False)  # the state the kill left, not refreshed before searching
     assert answers_from(kb) == KILL_POINTS[point]
     ids, chroma = consistent(kb)
     assert ids <= chroma, "every chunk the manifest knows is in Chroma at every instant"
