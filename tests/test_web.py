@@ -191,7 +191,9 @@ def test_an_injected_document_cannot_script_the_page(site: tuple[str, Path, Any]
     base, ws, driver = site
     ask(driver, base, "How are webhook deliveries retried and signed?")
     body = driver.find_element(By.ID, "answer-body").get_attribute("textContent")
-    assert "<img src=x" in body or "[verify here](javascript:" in body, "the payload reached the page as text"
+    # The payload reached the page, as text: its markup (kept raw, or stripped by the answer's own clean-up of
+    # links and tags) and the script's words.
+    assert any(p in body for p in ("<img src=x", "[verify here](javascript:", "window.__pwned")), body
     for cite in driver.find_elements(By.CSS_SELECTOR, "#answer-body button.cite"):
         cite.click()
         wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#source-lines li.cited"))
