@@ -177,8 +177,9 @@ def test_reader_never_sees_wrong_partial_or_stale_results_while_another_process_
                 f"round {rnd}'s text was committed {t0 - ends[rnd]:.2f} s before this dense search, which "
                 f"did not find it: {hits[:1]}"
             )
-    assert fresh_checked == set(range(1, rnd + 1)), f"rounds checked fresh: {sorted(fresh_checked)} of {rnd}"
-    assert len(found) > 4 * rnd, "the reader searched too little to prove anything"
+    last = len(states) - 1  # the writer's rounds (the loop above reuses `rnd` for each row's round)
+    assert fresh_checked == set(range(1, last + 1)), f"rounds fresh: {sorted(fresh_checked)} of {last}"
+    assert len(found) > 4 * last, "the reader searched too little to prove anything"
     from kb import KnowledgeBase
 
     with KnowledgeBase.open(ws, embedder=FakeEmbedder()) as kb:  # and nothing was corrupted

@@ -63,12 +63,12 @@ class Filters:
 
     def allowed_paths(self, manifest: Manifest) -> list[str]:
         out = []
-        for src in manifest.sources().values():
-            if self.source_types and src.source_type not in self.source_types:
+        for path, source_type in manifest.source_types().items():
+            if self.source_types and source_type not in self.source_types:
                 continue
-            if self.paths and not any(fnmatch.fnmatchcase(src.path, g) for g in self.paths):
+            if self.paths and not any(fnmatch.fnmatchcase(path, g) for g in self.paths):
                 continue
-            out.append(src.path)
+            out.append(path)
         return sorted(out)
 
 

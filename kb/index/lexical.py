@@ -18,6 +18,7 @@ stemming, via PyStemmer) before it reaches FTS5, whose own tokenizer then only s
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sqlite3
@@ -175,15 +176,21 @@ def query(
     words = list(dict.fromkeys(analyze(text)))
     if not words or (paths is not None and not paths):
         return []
-    inner = "SELECT rowid, bm25(sections_fts) AS score FROM sections_fts WHERE sections_fts MATCH ?"
+    matches = "SELECT rowid AS id, bm25(sections_fts) AS score FROM sections_fts WHERE sections_fts MATCH ?"
     args: list[object] = [_match(words)]
-    if paths is not None:
-        inner += f" AND rowid IN (SELECT id FROM sections WHERE path IN ({','.join('?' * len(paths))}))"
-        args.extend(paths)
-    inner += " ORDER BY score LIMIT ?"
+    if paths is None:
+        best = f"{matches} ORDER BY score LIMIT ?"
+    else:
+        # Score every match once, then keep those in ``paths``: a ``rowid IN (...)`` constraint inside the FTS
+        # query makes SQLite run the MATCH once per allowed section (150 ms for 1,000 paths instead of 3 ms).
+        best = (
+            f"WITH m AS MATERIALIZED ({matches}) SELECT m.id, m.score FROM m JOIN sections s ON s.id = m.id "
+            "WHERE s.path IN (SELECT value FROM json_each(?)) ORDER BY m.score LIMIT ?"
+        )
+        args.append(json.dumps(list(paths)))  # one parameter: no limit on the number of paths
     args.append(sections or k)
     sql = (
-        f"SELECT c.id, t.score FROM ({inner}) t JOIN sections s ON s.id = t.rowid "
+        f"SELECT c.id, t.score FROM ({best}) t JOIN sections s ON s.id = t.id "
         "JOIN chunks c ON c.path = s.path AND c.heading = s.heading ORDER BY t.score, c.path, "
         "c.ordinal LIMIT ?"
     )

@@ -157,6 +157,10 @@ class Manifest:
             r[0]: SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in rows
         }
 
+    def source_types(self) -> dict[str, str]:
+        """Each source's type by path (what filters need: no metadata to parse)."""
+        return dict(self.db.execute("SELECT path, source_type FROM sources").fetchall())
+
     def chunk_counts(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT path, count(*) FROM chunks GROUP BY path").fetchall())
 
