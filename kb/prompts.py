@@ -21,6 +21,11 @@ NO_TEAM_CONTEXT = (
     "The workspace has nothing on this: no context file, ADR or PRD states a team decision. General "
     "guidance from the recommended resources:"
 )
+#: Instead of NO_TEAM_CONTEXT when the question's filters (--type, --path) left the team's own sources out.
+TEAM_FILTERED_OUT = (
+    "General guidance from the recommended resources (the filters left the team's own context files, ADRs "
+    "and PRDs out of this search):"
+)
 
 # --- prompts for a language model (kb/grounding.py) ---------------------------------------------------------
 DEFAULT_SYSTEM = (

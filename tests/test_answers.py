@@ -19,7 +19,7 @@ from kb.cli.render import print_answer
 from kb.evaluate_answers import fragment_reason, label_matches, read_answer_set
 from kb.models import Answer, Citation, Hit
 from kb.personas import parse_persona
-from kb.prompts import GUIDANCE, NO_TEAM_CONTEXT, OWNER
+from kb.prompts import GUIDANCE, NO_TEAM_CONTEXT, OWNER, TEAM_FILTERED_OUT
 from kb.testing import run_kb, verify_citation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +208,11 @@ def test_only_resources_speak_the_answer_says_the_workspace_has_nothing(indexed:
     assert refreshed_first(answer.refreshed, ".workos/resources/example.org-dns/dns.md")
     assert NO_TEAM_CONTEXT in answer.answer and "(https://example.org/dns)" in answer.answer
     assert {c.path for c in answer.citations} == {".workos/resources/example.org-dns/dns.md"}
+    # filters that leave the team's sources out: their silence says nothing, and the answer does not claim it
+    for only in ({"source_type": "resource"}, {"path": ".workos/resources/*"}):
+        filtered = kb.ask("How does DNS translate a domain name?", persona="backend-engineer", **only)
+        assert TEAM_FILTERED_OUT in filtered.answer and NO_TEAM_CONTEXT not in filtered.answer, only
+        assert {c.path for c in filtered.citations} == {".workos/resources/example.org-dns/dns.md"}
     team = kb.ask("What's the right caching strategy?", persona="backend-engineer")
     assert NO_TEAM_CONTEXT not in team.answer
     if GUIDANCE in team.answer:  # resource guidance, when shown, comes after the team's decision
@@ -300,3 +305,33 @@ def test_the_model_answer_puts_the_team_first_and_drops_labels(indexed: Path) ->
     body = answer.answer
     team_at = body.index("The default caching strategy is cache-aside in Redis")
     assert team_at < body.index(f"**{GUIDANCE}**") < body.index("Cache-aside loads data into the cache")
+
+
+class ResourceOnly(Scripted):
+    """Writes the cache resource's sentence only (the question is filtered to the resources)."""
+
+    def generate(
+        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float, on_token: object = None
+    ) -> str:
+        blocks = re.findall(r"<<<BEGIN SOURCE \[(\d+)\] \S+>>>\nfrom: (.*?)\n", messages[1]["content"])
+        res = next(n for n, loc in blocks if "example.org-cache" in loc)
+        return f"Cache-aside loads data into the cache only when it is requested [{res}]."
+
+
+def test_the_model_answer_does_not_say_the_workspace_is_silent_when_filters_left_the_team_out(
+    indexed: Path,
+) -> None:
+    folder = indexed / ".workos/resources/example.org-cache"
+    folder.mkdir(parents=True)
+    (folder / "cache.md").write_text(
+        "---\nurl: https://example.org/cache\n---\n\n# Cache-aside\n\n"
+        "Cache-aside loads data into the cache only when it is requested, which keeps the cache small.\n",
+        encoding="utf-8",
+    )
+    with KnowledgeBase.open(indexed, generator=ResourceOnly()) as kb:
+        filtered = kb.ask("What's the right caching strategy?", source_type="resource")
+        unfiltered = kb.ask("What's the right caching strategy?")
+    assert TEAM_FILTERED_OUT in filtered.answer and NO_TEAM_CONTEXT not in filtered.answer
+    assert "Cache-aside loads data into the cache" in filtered.answer
+    # the same reply to an unfiltered question: the team was searched and none of its sources was cited
+    assert NO_TEAM_CONTEXT in unfiltered.answer and TEAM_FILTERED_OUT not in unfiltered.answer

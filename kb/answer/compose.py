@@ -24,7 +24,7 @@ from kb.answer.evidence import Evidence
 from kb.answer.units import Unit, render
 from kb.models import Answer, AnswerSentence, Citation
 from kb.personas import Persona
-from kb.prompts import GUIDANCE, NO_TEAM_CONTEXT, OWNER, TRADE_OFFS
+from kb.prompts import GUIDANCE, NO_TEAM_CONTEXT, OWNER, TEAM_FILTERED_OUT, TRADE_OFFS
 
 #: Units of these source types are general guidance; every other unit is the workspace's own.
 RESOURCE = "resource"
@@ -303,7 +303,7 @@ def _render(
     if lead:
         parts += [say(c) for c in lead]
     elif guidance:  # only the resources speak: say so, then their guidance comes first
-        parts.append(NO_TEAM_CONTEXT)
+        parts.append(NO_TEAM_CONTEXT if evidence.team_searched else TEAM_FILTERED_OUT)
         parts += [say(c, url=True) for c in guidance]
     for label, chosen in sections:
         if chosen:

@@ -41,6 +41,7 @@ class Evidence:
     team: list[Hit] = field(default_factory=list)
     owners: list[Hit] = field(default_factory=list)
     entities: list[str] = field(default_factory=list)  # services the question names
+    team_searched: bool = True  # False: the filters left every team source out (its silence says nothing)
     still_there: StillThere = _always
 
 

@@ -16,7 +16,7 @@ from kb.answer.verify import Verified, verify
 from kb.backends.llm import Generator
 from kb.models import Answer, AnswerSentence, Hit, OnToken
 from kb.personas import Persona
-from kb.prompts import CANNOT_ANSWER, GUIDANCE, NO_TEAM_CONTEXT
+from kb.prompts import CANNOT_ANSWER, GUIDANCE, NO_TEAM_CONTEXT, TEAM_FILTERED_OUT
 
 #: The team's own hits go first in the model's context when they score at least this share of the best hit.
 TEAM_FIRST = 0.5
@@ -103,7 +103,10 @@ class LLMAnswerer:
         base.sentences = checked.sentences
         if checked.abstained:
             return base
-        text = team_first(checked, prompt) if self.unsupported == "remove" else checked.text
+        if self.unsupported == "remove":
+            text = team_first(checked, prompt, evidence.team_searched)
+        else:
+            text = checked.text
         if title:
             n = len({c.path for c in checked.citations})
             text = f"**{title}** · {n} source{'s' if n != 1 else ''} in the knowledge base\n\n{text}"
@@ -111,9 +114,10 @@ class LLMAnswerer:
         return base
 
 
-def team_first(checked: Verified, prompt: Prompt) -> str:
+def team_first(checked: Verified, prompt: Prompt, team_searched: bool = True) -> str:
     """The verified sentences, those citing the team's own sources first, then general guidance from the
-    resources under its label; when none cites the team, the answer says the workspace has nothing on it."""
+    resources under its label; when none cites the team, the answer says the workspace has nothing on it
+    (or, when the filters left the team's sources out, that they were not searched)."""
     kinds = {c.id: c.url is not None or _resource(prompt, c.path) for c in checked.citations}
     shown = [s for s in checked.sentences if s.supported and s.citations]
     team = [s for s in shown if not all(kinds.get(i, False) for i in s.citations)]
@@ -124,7 +128,8 @@ def team_first(checked: Verified, prompt: Prompt) -> str:
 
     parts = [line(s) for s in team]
     if guidance:
-        parts += (["", f"**{GUIDANCE}**"] if team else [NO_TEAM_CONTEXT]) + [line(s) for s in guidance]
+        alone = NO_TEAM_CONTEXT if team_searched else TEAM_FILTERED_OUT
+        parts += (["", f"**{GUIDANCE}**"] if team else [alone]) + [line(s) for s in guidance]
     return "\n".join(parts)
 
 

@@ -199,6 +199,8 @@ class Query:
         evidence = Evidence(question, hits(question, qvec, k, filters, rerank=True))
         if team.source_types:
             evidence.team = whole_sections(manifest, hits(question, qvec, TEAM_HITS, team))
+        searched = bool(team.source_types) and (not team.paths or bool(team.allowed_paths(manifest)))
+        evidence.team_searched = searched
         evidence.entities = entities(question)
         if evidence.entities and directory:
             query = f"{question} {' '.join(evidence.entities)} owner"
