@@ -37,6 +37,35 @@ RESOURCES = ROOT.parent / "shared" / "resources"
 STORE = os.environ.get("KB_TEST_STORE", "embedded")  # read before any fixture clears the KB_* variables
 
 
+# --- descriptors a test leaves open (late in a full run the process once held more than 1,023) ----------
+_LEFT_OPEN: list[tuple[int, str]] = []
+
+
+def _descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _count_descriptors(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = _descriptors()
+    yield
+    grown = _descriptors() - before
+    if grown > 0:
+        _LEFT_OPEN.append((grown, request.node.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many file descriptors the tests left open, and which tests left the most (a leak shows here)."""
+    if _LEFT_OPEN:
+        top = ", ".join(f"{nodeid.split('::')[-1][:60]} +{n}" for n, nodeid in sorted(_LEFT_OPEN)[::-1][:8])
+        total = sum(n for n, _ in _LEFT_OPEN)
+        now = _descriptors()
+        terminalreporter.write_line(f"descriptors left open by tests: {total} (now {now}); most: {top}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if STORE == "server":
         skip = pytest.mark.skip(reason="looks inside the embedded Chroma folder (KB_TEST_STORE=server)")
