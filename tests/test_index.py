@@ -381,3 +381,30 @@ def test_status_lists_sources(indexed: Path) -> None:
     assert {s.source_type for s in st.sources} == {"context", "prd"}
     conn = sqlite3.connect(indexed / ".workos/.kb/manifest.sqlite3")
     assert conn.execute("SELECT count(*) FROM sources").fetchone()[0] == 7
+
+
+def test_closing_a_knowledge_base_releases_its_files(indexed: Path, tmp_path: Path) -> None:
+    """A process that opens and closes many indexes (a notebook, an agent harness, this suite) keeps no file
+    descriptor of the closed ones: Chroma shares one system per folder and closes it with its last client
+    (each open once kept ~11 descriptors until the process ended). A second KnowledgeBase on the same folder
+    keeps working when the first closes."""
+    import shutil
+
+    def descriptors() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    copies = []
+    for i in range(4):
+        copies.append(tmp_path / f"copy{i}")
+        shutil.copytree(indexed, copies[-1])
+    with KnowledgeBase.open(copies[0]) as kb:  # imports and caches filled once
+        kb.search("pagination", k=1)
+    before = descriptors()
+    for ws in copies[1:]:
+        with KnowledgeBase.open(ws) as kb:
+            assert kb.search("How should we paginate the notifications API?", k=1)[0].path == NOTIF
+    assert descriptors() - before <= 3, f"{descriptors() - before} descriptors left open by 3 closed indexes"
+    with KnowledgeBase.open(indexed) as first:
+        with KnowledgeBase.open(indexed) as second:
+            assert second.search("pagination", k=1)
+        assert first.search("How should we paginate the notifications API?", k=1)[0].path == NOTIF

@@ -52,13 +52,13 @@ def changed_paths(
         int(settings.max_file_mb * 1024 * 1024),
         follow_hardlinks=settings.follow_hardlinks,
     )
-    old = manifest.sources()
+    old = manifest.source_stats()
     held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
     dirty = {
         c.path
         for c in cands
         if (c.path not in old and unloadable.get(c.path) != (c.size, c.mtime_ns))
-        or (c.path in old and (old[c.path].size, old[c.path].mtime_ns) != (c.size, c.mtime_ns))
+        or (c.path in old and old[c.path] != (c.size, c.mtime_ns))
     }
     present = {c.path for c in cands}
     dirty |= {p for p in old if p not in present and p not in held}
@@ -93,7 +93,7 @@ def refresh(engine: _Engine, max_files: int) -> Freshness:
     out = Freshness()
     if not engine.has_index() or engine.reader().get_meta("fingerprint") != engine.fingerprint:
         return out
-    known = engine.reader().sources()
+    known = engine.reader().source_stats()
     changed = engine.changed_paths()
     if changed and len(changed) <= max_files:
         settings = engine.settings

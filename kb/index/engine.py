@@ -303,7 +303,7 @@ class IndexEngine:
         file, nothing read ([] when nothing is indexed)."""
         if not self.has_index():
             return []
-        known = self.reader().sources()
+        known = self.reader().source_stats()
         return sorted(p for p in self.changed_paths() if p in known)
 
     def refresh(self, max_files: int) -> Freshness:

@@ -173,7 +173,7 @@ def query(
     """Chunks of the best ``sections`` sections for ``text`` by BM25 (at most ``k`` chunks), as
     ``(chunk_id, score)``, higher better. ``paths`` restricts the search to those sources (metadata
     filters)."""
-    words = list(dict.fromkeys(analyze(text)))
+    words = _informative(db, list(dict.fromkeys(analyze(text))))
     if not words or (paths is not None and not paths):
         return []
     matches = "SELECT rowid AS id, bm25(sections_fts) AS score FROM sections_fts WHERE sections_fts MATCH ?"
@@ -196,6 +196,23 @@ def query(
     )
     args.append(k)
     return [(cid, -float(score)) for cid, score in db.execute(sql, args)]
+
+
+def _informative(db: sqlite3.Connection, words: list[str]) -> list[str]:
+    """``words`` without those in at least half of the sections, when another word is rarer. FTS5 gives such a
+    term an IDF of 1e-6 (its formula's is <= 0), so it moves no score by more than ~2e-6, yet it matches most
+    sections and BM25 is computed for every match: at 50,000 sections a query holding one costs ~4x as much.
+    When every word is that common they all stay (their tiny scores still rank the sections)."""
+    if len(words) < 2:
+        return words
+    (n_docs,) = db.execute("SELECT count(*) FROM sections").fetchone()
+    df = dict(
+        db.execute(
+            f"SELECT term, doc FROM sections_fts_vocab WHERE term IN ({','.join('?' * len(words))})", words
+        ).fetchall()
+    )
+    rare = [w for w in words if 2 * df.get(w, 0) < n_docs]
+    return rare or words
 
 
 K1 = 1.2  # FTS5's fixed BM25 parameters

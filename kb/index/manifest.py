@@ -157,6 +157,11 @@ class Manifest:
             r[0]: SourceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in rows
         }
 
+    def source_stats(self) -> dict[str, tuple[int, int]]:
+        """Each source's (size, mtime_ns) as indexed, by path (what the freshness check compares)."""
+        rows = self.db.execute("SELECT path, size, mtime_ns FROM sources").fetchall()
+        return {path: (size, mtime) for path, size, mtime in rows}
+
     def source_types(self) -> dict[str, str]:
         """Each source's type by path (what filters need: no metadata to parse)."""
         return dict(self.db.execute("SELECT path, source_type FROM sources").fetchall())
