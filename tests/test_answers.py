@@ -288,14 +288,19 @@ class Scripted:
         )
 
 
-def test_the_model_answer_puts_the_team_first_and_drops_labels(indexed: Path) -> None:
-    folder = indexed / ".workos/resources/example.org-cache"
+def add_cache_resource(ws: Path) -> None:
+    """A fetched resource on cache-aside (general guidance, with its URL)."""
+    folder = ws / ".workos/resources/example.org-cache"
     folder.mkdir(parents=True)
     (folder / "cache.md").write_text(
         "---\nurl: https://example.org/cache\n---\n\n# Cache-aside\n\n"
         "Cache-aside loads data into the cache only when it is requested, which keeps the cache small.\n",
         encoding="utf-8",
     )
+
+
+def test_the_model_answer_puts_the_team_first_and_drops_labels(indexed: Path) -> None:
+    add_cache_resource(indexed)
     model = Scripted()
     with KnowledgeBase.open(indexed, generator=model) as kb:
         answer = kb.ask("What's the right caching strategy?", persona="backend-engineer")
@@ -321,13 +326,7 @@ class ResourceOnly(Scripted):
 def test_the_model_answer_does_not_say_the_workspace_is_silent_when_filters_left_the_team_out(
     indexed: Path,
 ) -> None:
-    folder = indexed / ".workos/resources/example.org-cache"
-    folder.mkdir(parents=True)
-    (folder / "cache.md").write_text(
-        "---\nurl: https://example.org/cache\n---\n\n# Cache-aside\n\n"
-        "Cache-aside loads data into the cache only when it is requested, which keeps the cache small.\n",
-        encoding="utf-8",
-    )
+    add_cache_resource(indexed)
     with KnowledgeBase.open(indexed, generator=ResourceOnly()) as kb:
         filtered = kb.ask("What's the right caching strategy?", source_type="resource")
         unfiltered = kb.ask("What's the right caching strategy?")
