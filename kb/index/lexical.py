@@ -205,14 +205,20 @@ def _informative(db: sqlite3.Connection, words: list[str]) -> list[str]:
     When every word is that common they all stay (their tiny scores still rank the sections)."""
     if len(words) < 2:
         return words
+    n_docs, df = _frequencies(db, words)
+    rare = [w for w in words if 2 * df.get(w, 0) < n_docs]
+    return rare or words
+
+
+def _frequencies(db: sqlite3.Connection, words: list[str]) -> tuple[int, dict[str, int]]:
+    """The number of sections, and how many of them hold each of ``words`` (absent: not in any)."""
     (n_docs,) = db.execute("SELECT count(*) FROM sections").fetchone()
     df = dict(
         db.execute(
             f"SELECT term, doc FROM sections_fts_vocab WHERE term IN ({','.join('?' * len(words))})", words
         ).fetchall()
     )
-    rare = [w for w in words if 2 * df.get(w, 0) < n_docs]
-    return rare or words
+    return n_docs, df
 
 
 K1 = 1.2  # FTS5's fixed BM25 parameters
@@ -224,12 +230,7 @@ def idf_weights(db: sqlite3.Connection, text: str) -> dict[str, float]:
     words = list(dict.fromkeys(analyze(text)))
     if not words:
         return {}
-    (n_docs,) = db.execute("SELECT count(*) FROM sections").fetchone()
-    df = dict(
-        db.execute(
-            f"SELECT term, doc FROM sections_fts_vocab WHERE term IN ({','.join('?' * len(words))})", words
-        ).fetchall()
-    )
+    n_docs, df = _frequencies(db, words)
     return {w: max(math.log((n_docs - df.get(w, 0) + 0.5) / (df.get(w, 0) + 0.5)), 1e-6) for w in words}
 
 
