@@ -86,12 +86,3 @@ def start_observer(root: Path, roots: list[str], handler: EventHandler, factory:
             raise
         raise WatchLimitError(exc.strerror or str(exc)) from None
     return observer
-
-
-def stamp(path: Path) -> tuple[int, int] | None:
-    """(mtime_ns, size) of ``path``, or None when it does not exist."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size

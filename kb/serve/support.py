@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 
 from ingest.discovery import glob_literal
 from ingest.layout import WORKOS_DIR
-from kb.errors import EmbedderError, KbError, StorageError, StoreUnavailableError, WorkspaceNotFoundError
+from kb.errors import EmbedderError, StorageError, StoreUnavailableError, WorkspaceNotFoundError
 from kb.models import IndexReport
 from kb.workspace import Workspace
 
@@ -92,25 +93,50 @@ class Outage:
         return None if since is None else time.time() - since
 
 
-def workspace_gone(workspace: Workspace, identity: tuple[int, int]) -> KbError | None:
-    """Why ``kb watch`` must stop, if the workspace folder (``identity``: its device and inode at start) was
-    moved or deleted, or its index folder deleted (the socket and the write lock went with it: another
-    process could now open the index beside this one)."""
-    root = workspace.root
+def stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of ``path``, or None when it does not exist."""
     try:
-        st = os.stat(root)
-        same = (st.st_dev, st.st_ino) == identity and (root / WORKOS_DIR).is_dir()
+        st = os.stat(path)
     except OSError:
-        same = False
-    if not same:
-        return WorkspaceNotFoundError(
-            f"The workspace folder {root} was moved or deleted while kb watch was running; kb watch "
-            "stopped (nothing was half-written). Start it again where the workspace is now: "
-            "kb watch --workspace NEW_PATH"
-        )
-    if not workspace.state_dir.is_dir():
-        return StorageError(
-            f"The index folder {workspace.state_dir} was deleted while kb watch was running; kb watch "
-            f"stopped. Start it again (it rebuilds the index): kb watch --workspace {root}"
-        )
-    return None
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class WorkspaceGuard:
+    """What ``kb watch`` checks of its workspace as it runs: that the folder is the one it started in (its
+    device and inode) and still holds its index folder, and whether kb.toml changed (settings are read
+    once)."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        st = os.stat(workspace.root)
+        self.identity = (st.st_dev, st.st_ino)
+        self.config = stamp(workspace.config_path)
+
+    def check(self) -> str | None:
+        """Raise why ``kb watch`` must stop if the workspace folder was moved or deleted, or its index folder
+        deleted (the socket and the write lock went with it: another process could now open the index beside
+        this one); else the warning to show when kb.toml changed since the last check."""
+        root = self.workspace.root
+        try:
+            st = os.stat(root)
+            same = (st.st_dev, st.st_ino) == self.identity and (root / WORKOS_DIR).is_dir()
+        except OSError:
+            same = False
+        if not same:
+            raise WorkspaceNotFoundError(
+                f"The workspace folder {root} was moved or deleted while kb watch was running; kb watch "
+                "stopped (nothing was half-written). Start it again where the workspace is now: "
+                "kb watch --workspace NEW_PATH"
+            )
+        state = self.workspace.state_dir
+        if not state.is_dir():
+            raise StorageError(
+                f"The index folder {state} was deleted while kb watch was running; kb watch "
+                f"stopped. Start it again (it rebuilds the index): kb watch --workspace {root}"
+            )
+        config = stamp(self.workspace.config_path)
+        if config == self.config:
+            return None
+        self.config = config
+        return "kb.toml changed: restart kb watch to apply it (it still uses the settings it started with)"

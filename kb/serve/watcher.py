@@ -44,12 +44,11 @@ from kb.serve.events import (
     OverflowSpy,
     WatchLimitError,
     make_observer,
-    stamp,
     start_observer,
     watch_roots,
 )
 from kb.serve.server import WatchServer
-from kb.serve.support import UNAVAILABLE, Outage, Reindexed, workspace_gone
+from kb.serve.support import UNAVAILABLE, Outage, Reindexed, WorkspaceGuard
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +105,7 @@ class Watcher:
         self.reader: Query | None = None
         self.dispatch = Dispatcher(self)  # requests from other processes
         self._spy = OverflowSpy(self.request_rescan)
-        st = os.stat(self.root)
-        self._identity = (st.st_dev, st.st_ino)
-        self._config_stamp = stamp(engine.workspace.config_path)
+        self._guard = WorkspaceGuard(engine.workspace)
         self.outage = Outage()  # the store or embedder is down: changes wait, retried with backoff
 
     # --- events -------------------------------------------------------------------------------------------
@@ -366,16 +363,10 @@ class Watcher:
 
     # --- health -------------------------------------------------------------------------------------------
     def _check_workspace(self) -> None:
-        gone = workspace_gone(self.engine.workspace, self._identity)
-        if gone is not None:
-            raise gone
-        config = stamp(self.engine.workspace.config_path)
-        if config != self._config_stamp:  # settings are read once; say so rather than index with stale ones
-            self._config_stamp = config
-            self.last_error = (
-                "kb.toml changed: restart kb watch to apply it (it still uses the settings it started with)"
-            )
-            log.warning(self.last_error)
+        changed = self._guard.check()  # raises when the workspace or its index folder is gone
+        if changed:  # settings are read once; say so rather than index with stale ones
+            self.last_error = changed
+            log.warning(changed)
 
     def status_of_index(self) -> Status:
         """``kb status`` as answered by the watcher: the index, and the watcher itself."""
