@@ -403,3 +403,26 @@ def test_survives_unreadable_files_and_failed_runs(tmp_path: Path, monkeypatch: 
             10,
         )
         assert w.status().running
+
+
+def test_the_workspace_guard_says_when_kb_toml_changed_and_stops_when_the_folders_go(tmp_path: Path) -> None:
+    """kb watch reads its settings once: a kb.toml edit is reported (once per change), never applied silently;
+    a deleted index folder or a moved workspace stops it with the error that says what to do."""
+    from kb.errors import StorageError, WorkspaceNotFoundError
+    from kb.serve.support import WorkspaceGuard
+    from kb.workspace import find_workspace
+
+    (tmp_path / "ws/.workos/.kb").mkdir(parents=True)
+    ws = find_workspace(tmp_path / "ws")
+    guard = WorkspaceGuard(ws)
+    assert guard.check() is None
+    ws.config_path.write_text("top_k = 3\n", encoding="utf-8")
+    changed = guard.check()
+    assert changed and "kb.toml changed: restart kb watch" in changed
+    assert guard.check() is None, "reported once per change"
+    ws.state_dir.rmdir()
+    with pytest.raises(StorageError, match="was deleted while kb watch was running"):
+        guard.check()
+    (tmp_path / "ws").rename(tmp_path / "moved")
+    with pytest.raises(WorkspaceNotFoundError, match="kb watch --workspace NEW_PATH"):
+        guard.check()
