@@ -102,7 +102,7 @@ class KnowledgeBase:
         if (owner := self._owner()) is not None:
             with owner:
                 return owner.index(progress, rebuild=rebuild)
-        return self.engine.index(progress, rebuild=rebuild)
+        return self.engine.index(progress, rebuild=rebuild, wait=self.settings.lock_wait)
 
     def search(
         self,

@@ -379,3 +379,26 @@ def test_cli_says_which_persona_it_picked_and_kb_toml_fixes_one(indexed: Path) -
     )
     data = json.loads(r.stdout)
     assert data["persona"] == "senior-pm" and data["persona_picked"] is False
+
+
+def test_a_code_line_is_shown_only_verbatim_and_only_when_it_names_something() -> None:
+    """A quoted code line must be in the cited chunk as it is; a line of bare punctuation (``);``, seen from
+    SmolLM2) is verbatim too but says nothing a reader can check, so it is not shown."""
+    code = Hit(
+        1,
+        0.9,
+        "docs/db.md",
+        20,
+        23,
+        "DB › Queries",
+        "Always bind parameters:\ncursor.execute(\n    'SELECT * FROM invoices WHERE id = %s', (iid,)\n);",
+        "context",
+        "k1",
+    )
+    reply = "```\ncursor.execute( [1]\n);\ncursor.execute(user_input) [1]\n```\n"
+    checked = verify(
+        reply, build_prompt(Q, [code], None, context_window=4096, max_answer_tokens=256), FakeEmbedder().embed
+    )
+    assert checked.text.strip() == "`cursor.execute(` [1]", checked.text
+    assert [s.text for s in checked.sentences] == ["cursor.execute(", "cursor.execute(user_input)"]
+    assert [s.supported for s in checked.sentences] == [True, False]

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,8 +194,43 @@ def lock_held_by_another_process(ws: Path) -> Iterator[None]:
 
 
 def test_second_writer_is_refused(indexed: Path) -> None:
-    with lock_held_by_another_process(indexed), pytest.raises(IndexLockedError, match="pid 4242"):
-        KnowledgeBase.open(indexed).index()
+    started = time.monotonic()
+    with (
+        lock_held_by_another_process(indexed),
+        pytest.raises(IndexLockedError, match=r"pid 4242\).*\(waited 1 s\)"),
+    ):
+        KnowledgeBase.open(indexed, lock_wait=1).index()
+    assert time.monotonic() - started >= 1
+
+
+def test_kb_index_waits_for_a_writer_that_finishes_within_lock_wait(indexed: Path) -> None:
+    """A search's refresh holds the write lock for a moment: kb index waits for it (up to ``lock_wait``, 10 s
+    by default) instead of failing with exit 4, and then does its own run."""
+    (indexed / ".workos/context/later.md").write_text("# Later\n\nThe audit log is kept for 400 days.\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import fcntl, time
+            fh = open({str(indexed / ".workos/.kb/write.lock")!r}, 'a+')
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            print('locked', flush=True)
+            time.sleep(1.5)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        report = KnowledgeBase.open(indexed).index()
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert report.added == [".workos/context/later.md"] and waited >= 0.5, (report, waited)
 
 
 def test_kb_index_exit_codes_2_and_4_from_the_cli(indexed: Path) -> None:
@@ -203,7 +239,7 @@ def test_kb_index_exit_codes_2_and_4_from_the_cli(indexed: Path) -> None:
     assert usage.returncode == 2, usage.stderr
     assert "No such option: --no-such-option" in usage.stderr and "Traceback" not in usage.stderr
     with lock_held_by_another_process(indexed):
-        locked = run_kb("index", "--json", "--workspace", indexed)
+        locked = run_kb("index", "--json", "--workspace", indexed, env={"KB_LOCK_WAIT": "0.2"})
     assert locked.returncode == 4, locked.stderr
     lines = locked.stderr.strip().splitlines()
     assert len(lines) == 1 and "pid 4242" in lines[0] and "try again" in lines[0], locked.stderr

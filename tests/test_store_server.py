@@ -339,3 +339,59 @@ def test_headers_reach_an_authenticating_proxy_and_are_never_printed(
     status = fake_kb("status", ws, env=env)
     assert status.returncode == 0 and proxy.token not in status.stdout + status.stderr
     assert json.loads(status.stdout)["store"]["vectors"] > 0
+
+
+def test_every_vector_written_beside_a_searching_reader_is_searchable(chroma_server: ChromaServer) -> None:
+    """Chroma 1.5.9's server can store a record and leave it out of its vector index when a query arrives at
+    that moment (chroma-core/chroma#7758): ``get`` returns it, no search ever does. kb's writes in the shape
+    of an incremental run (unchanged chunks of an edited file written again, new ones, deletions) beside a
+    client that searches without pause: after each run, every stored vector is found by a search for itself.
+    (Without the check after each write, 2 of 30 such replays lost a vector.)"""
+    import random
+
+    import numpy as np
+
+    from kb.backends.chroma_server import ChromaServerStore
+
+    rng = random.Random(5)
+    words = [f"{a}{b}{n}" for a in "klmnprstvz" for b in "aeiou" for n in range(40)]
+
+    def vectors(n: int) -> tuple[list[str], np.ndarray]:
+        texts = [" ".join(rng.choice(words) for _ in range(14)) for _ in range(n)]
+        return [f"{rng.getrandbits(96):024x}" for _ in texts], FakeEmbedder().embed(texts)
+
+    lost: list[tuple[int, list[str]]] = []
+    for trial in range(40):
+        store = ChromaServerStore(chroma_server.url, f"kb_link_{trial}", prefix="kb_link_")
+        reader = ChromaServerStore(chroma_server.url, f"kb_link_{trial}", prefix="kb_link_")
+        ids, vecs = vectors(27)
+        live = dict(zip(ids, vecs, strict=True))
+        store.upsert(ids, vecs, [{"path": "a.md"}] * len(ids))
+        stop = threading.Event()
+
+        def search(stop: threading.Event, reader: ChromaServerStore, probe: np.ndarray) -> None:
+            while not stop.is_set():
+                reader.query(probe, 8)
+
+        thread = threading.Thread(target=search, args=(stop, reader, vecs[0]))
+        thread.start()
+        try:
+            for _ in range(2):
+                again = rng.sample(sorted(live), 3)
+                new_ids, new_vecs = vectors(4)
+                up = again + new_ids
+                store.upsert(up, np.stack([live[i] for i in again] + list(new_vecs)), [{"path": "a.md"}] * 7)
+                live.update(zip(new_ids, new_vecs, strict=True))
+                gone = rng.sample(sorted(set(live) - set(up)), 3)
+                store.delete(gone)
+                for i in gone:
+                    live.pop(i)
+        finally:
+            stop.set()
+            thread.join()
+        missing = [i for i, v in live.items() if i not in [c for c, _ in reader.query(v, 10)]]
+        if missing:
+            lost.append((trial, missing))
+        store.close()
+        reader.close()
+    assert not lost, f"stored but not searchable (trial, ids): {lost}"

@@ -65,6 +65,9 @@ class Claim:
     code: bool = False  # a line of a code block: supported only if the cited chunk has it verbatim
 
 
+_CODE_WORD = re.compile(r"[A-Za-z0-9_]{2,}")  # a code line worth showing names something
+
+
 def split_claims(text: str) -> list[Claim]:
     """The sentences of a reply, each with the ``[n]`` ids it carries (also markers after its full stop)."""
     claims: list[Claim] = []
@@ -262,6 +265,7 @@ def verify(
             or c.text.lower().startswith("from:")
             or c.text.endswith(":")
             or (not c.code and _fragment(c.text))
+            or (c.code and not _CODE_WORD.search(c.text))  # "});" says nothing a reader can check
             or gist in seen
         ):
             continue

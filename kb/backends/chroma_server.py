@@ -25,11 +25,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from kb.backends.store import ChromaCollection
+import numpy as np
+
+from kb.backends.store import ChromaCollection, Metadata
 from kb.errors import ConfigError, IndexCorruptError, StoreUnavailableError
 from kb.models import StoreStatus
 
 log = logging.getLogger(__name__)
+LINK_CHECK = 10  # neighbours asked for when checking that a written vector is searchable
+LINK_TRIES = 3
 
 T = TypeVar("T")
 HEARTBEAT = "/api/v2/heartbeat"
@@ -204,6 +208,43 @@ class ChromaServerStore(ChromaCollection):
             self.close()  # reconnect: the server may have restarted (or moved its collection)
 
     # --- the Store protocol (the rest is ChromaCollection's) -----------------------------------------------
+    def _link(self, ids: list[str], vectors: np.ndarray, metadatas: list[Metadata]) -> None:
+        """Every vector just written must be found by a search. Chroma 1.5.9's server can store a record and
+        leave it out of its vector index when a query arrives at that moment (``get`` returns it, no ``query``
+        ever does: chroma-core/chroma#7758; seen in 2 of 30 replays of kb's writes beside a reader, never
+        embedded). So each vector is looked up by itself, and one its own search does not return is written
+        again, which links it in. One batched query per written batch."""
+        for _ in range(LINK_TRIES):
+            lost = self._unsearchable(ids, vectors)
+            if not lost:
+                return
+            log.info(
+                "%d of %d vectors just written were not searchable: writing them again", len(lost), len(ids)
+            )
+            ids, vectors, metadatas = [ids[n] for n in lost], vectors[lost], [metadatas[n] for n in lost]
+            self._col(
+                "write", lambda c, i=ids, v=vectors, m=metadatas: c.upsert(ids=i, embeddings=v, metadatas=m)
+            )
+        if self._unsearchable(ids, vectors):
+            log.warning(
+                "%d vectors at %s are stored but not searchable; run: kb doctor --repair",
+                len(ids),
+                self.location,
+            )
+
+    def _unsearchable(self, ids: list[str], vectors: np.ndarray) -> list[int]:
+        """Positions of ``ids`` that a search for their own vector does not return (when more than
+        ``LINK_CHECK`` stored vectors equal one, a search cannot tell: it counts as found)."""
+        res = self._col(
+            "write",
+            lambda c: c.query(query_embeddings=vectors, n_results=LINK_CHECK, include=["distances"]),
+        )
+        return [
+            n
+            for n, (got, dist) in enumerate(zip(res["ids"], res["distances"], strict=True))
+            if ids[n] not in got and not (len(got) == LINK_CHECK and dist[-1] <= 1e-6)
+        ]
+
     def check(self) -> None:
         """Reachable (else :class:`StoreUnavailableError`, which is not damage) and readable."""
         self.count()

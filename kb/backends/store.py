@@ -138,6 +138,10 @@ class ChromaCollection:
             part = np.asarray(vectors[start : start + step], dtype=np.float32)
             metas = list(metadatas[start : start + step])
             self._col("write", _upsert, part_ids, part, metas)
+            self._link(part_ids, part, metas)
+
+    def _link(self, ids: list[str], vectors: np.ndarray, metadatas: list[Metadata]) -> None:
+        """After a batch is written: make sure a search finds it (the server store checks; see there)."""
 
     def delete(self, ids: Sequence[str]) -> None:
         if not ids:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -235,42 +236,60 @@ class IndexEngine:
 
     # --- writing ------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def write_lock(self) -> Iterator[None]:
+    def write_lock(self, wait: float = 0.0) -> Iterator[None]:
         """The index's single-writer lock (re-entrant for its holder: ``kb watch`` indexes while holding
-        it)."""
+        it). ``wait``: seconds to keep trying while another process holds it (a search's refresh holds it for
+        a moment); then :class:`IndexLockedError`."""
         if self._locked:
             yield
             return
-        try:
-            with file_lock(self.workspace.ensure_state_dir() / "write.lock", wait=False, record_pid=True):
-                self._locked = True
+        path = self.workspace.ensure_state_dir() / "write.lock"
+        deadline = time.monotonic() + wait
+        with contextlib.ExitStack() as held:
+            while True:
                 try:
-                    yield
-                finally:
-                    self._locked = False
-        except Busy as busy:
-            raise IndexLockedError(
-                f"Another kb process (pid {busy.holder}) is writing the index of {self.workspace.root}. "
-                "Wait for it to finish (or stop it) and try again."
-            ) from None
+                    held.enter_context(file_lock(path, wait=False, record_pid=True))
+                    break
+                except Busy as busy:
+                    if time.monotonic() >= deadline:
+                        waited = f" (waited {wait:g} s)" if wait else ""
+                        raise IndexLockedError(
+                            f"Another kb process (pid {busy.holder}) is writing the index of "
+                            f"{self.workspace.root}{waited}. Wait for it to finish (or stop it) and try "
+                            "again."
+                        ) from None
+                    time.sleep(0.05)
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
 
     def index(
-        self, progress: Progress | None = None, scope: Scope | None = None, *, rebuild: bool = False
+        self,
+        progress: Progress | None = None,
+        scope: Scope | None = None,
+        *,
+        rebuild: bool = False,
+        wait: float = 0.0,
     ) -> IndexReport:
         """Bring the index up to date with the files (incremental; see :mod:`kb.index.indexer`); ``scope``
         restricts the run to some paths (``kb watch``'s targeted runs); ``rebuild`` re-reads and re-embeds
-        everything (the embedding model behind a name changed). A file system failure is a one-line
+        everything (the embedding model behind a name changed); ``wait``: seconds to wait for another writer
+        (:meth:`write_lock`). A file system failure is a one-line
         :class:`StorageError`; the index is left as it was, and the next run completes it."""
         try:
-            return self._index(progress, scope, rebuild)
+            return self._index(progress, scope, rebuild, wait)
         except (OSError, sqlite3.Error) as exc:
             failure = storage_error(exc, self.workspace.state_dir)
             if failure is None:
                 raise
             raise failure from None
 
-    def _index(self, progress: Progress | None, scope: Scope | None, rebuild: bool) -> IndexReport:
-        with self.write_lock():
+    def _index(
+        self, progress: Progress | None, scope: Scope | None, rebuild: bool, wait: float
+    ) -> IndexReport:
+        with self.write_lock(wait):
             manifest = self.manifest()
             if rebuild:
                 forget_probe(self.embedder, manifest)

@@ -181,6 +181,13 @@ class Settings(BaseSettings):
         description="Re-index at most this many changed files before a search or an answer; past it they are "
         "reported as stale (run kb index).",
     )
+    lock_wait: float = Field(
+        10.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long kb index waits for another kb process that is writing the index (a search's "
+        "refresh, another kb index) before it gives up with exit code 4.",
+    )
     store: StoreSettings = Field(
         default_factory=lambda: StoreSettings.model_validate({}),
         description="Where the vectors live: an embedded Chroma folder (default) or a Chroma server.",
