@@ -402,3 +402,16 @@ def test_a_code_line_is_shown_only_verbatim_and_only_when_it_names_something() -
     assert checked.text.strip() == "`cursor.execute(` [1]", checked.text
     assert [s.text for s in checked.sentences] == ["cursor.execute(", "cursor.execute(user_input)"]
     assert [s.supported for s in checked.sentences] == [True, False]
+
+
+def test_the_cited_sentence_itself_must_hold_the_claim_not_just_its_chunk() -> None:
+    """A model sentence stitched from three sentences of one chunk (every word is in the chunk) is not
+    supported by any one of them: kb shows one quote per citation, and that quote must hold at least
+    ``QUOTE_COVERAGE`` of the claim's content words (SmolLM2 wrote such sentences; an independent judge
+    rejected them). One of those sentences, cited, is kept."""
+    stitched = check(
+        "Opaque base64 cursor pagination with the default page size, because offsets skip items. [1]"
+    )
+    assert not stitched.sentences[0].supported, stitched.text
+    whole = check("The notifications API uses cursor-based pagination with an opaque base64 cursor. [1]")
+    assert whole.sentences[0].supported and "[1]" in whole.text
