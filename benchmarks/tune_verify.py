@@ -1,15 +1,15 @@
 #!/usr/bin/env python
-"""Choose how much of a model's sentence its cited quote must hold (``QUOTE_COVERAGE`` in kb/answer/verify.py),
-on the questions benchmarks/bench_llm.py does NOT report.
+"""Choose how much of a model's sentence its cited quote must hold (``QUOTE_COVERAGE`` in
+kb/answer/verify.py), on the questions benchmarks/bench_llm.py does NOT report.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/tune_verify.py [--start 12] [--drafts 2]
 
 Asks SmolLM2-135M-Instruct (llama.cpp's server on 127.0.0.1, as bench_llm) questions ``start``.. of
-benchmarks/questions/sample-workspace.jsonl (bench_llm --questions 12 reports the first 12), ``drafts`` times each,
-and records every support check kb's verifier makes: the claim, the quote it would cite, kb's verdict with the bar
-switched off, and benchmarks/judge.py's independent verdict. Prints, for each candidate bar, how many of the
-sentences kb would keep are independently supported, and the sentences kb kept that the judge rejects. Writes
-benchmarks/results/tune_verify.json. About 17 minutes on 2 cores.
+benchmarks/questions/sample-workspace.jsonl (bench_llm --questions 12 reports the first 12), ``drafts`` times
+each, and records every support check kb's verifier makes: the claim, the quote it would cite, kb's verdict
+with the bar switched off, and benchmarks/judge.py's independent verdict. Prints, for each candidate bar, how
+many of the sentences kb would keep are independently supported, and the sentences kb kept that the judge
+rejects. Writes benchmarks/results/tune_verify.json. About 17 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from common import PROJECT, logger, offline, scratch
