@@ -227,9 +227,12 @@ class ChromaServerStore(ChromaCollection):
             )
         if self._unsearchable(ids, vectors):
             log.warning(
-                "%d vectors at %s are stored but not searchable; run: kb doctor --repair",
+                "%d vectors written to collection %s on %s are stored but not found by a search (a Chroma "
+                "server bug); delete that collection on the server and run kb index: it is refilled from the "
+                "cached vectors without embedding",
                 len(ids),
-                self.location,
+                self.collection_name,
+                self.url,
             )
 
     def _unsearchable(self, ids: list[str], vectors: np.ndarray) -> list[int]:
