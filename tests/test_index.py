@@ -167,8 +167,9 @@ def test_model_change_rebuilds(indexed: Path, tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def lock_held_by_another_process(ws: Path) -> Iterator[None]:
-    """Another process holds the index's write lock (and recorded pid 4242 in it) while in ``with``."""
+def lock_held_by_another_process(ws: Path, seconds: float = 60) -> Iterator[None]:
+    """Another process holds the index's write lock (and recorded pid 4242 in it) while in ``with``, for at
+    most ``seconds``."""
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -179,7 +180,7 @@ def lock_held_by_another_process(ws: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.seek(0); fh.truncate(); fh.write('4242'); fh.flush()
             print('locked', flush=True)
-            time.sleep(60)
+            time.sleep({seconds})
         """),
         ],
         stdout=subprocess.PIPE,
@@ -207,29 +208,10 @@ def test_kb_index_waits_for_a_writer_that_finishes_within_lock_wait(indexed: Pat
     """A search's refresh holds the write lock for a moment: kb index waits for it (up to ``lock_wait``, 10 s
     by default) instead of failing with exit 4, and then does its own run."""
     (indexed / ".workos/context/later.md").write_text("# Later\n\nThe audit log is kept for 400 days.\n")
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(f"""
-            import fcntl, time
-            fh = open({str(indexed / ".workos/.kb/write.lock")!r}, 'a+')
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            print('locked', flush=True)
-            time.sleep(1.5)
-        """),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with lock_held_by_another_process(indexed, seconds=1.5):
         started = time.monotonic()
         report = KnowledgeBase.open(indexed).index()
         waited = time.monotonic() - started
-    finally:
-        holder.kill()
-        holder.wait()
     assert report.added == [".workos/context/later.md"] and waited >= 0.5, (report, waited)
 
 

@@ -252,6 +252,20 @@ class ChromaServerStore(ChromaCollection):
         """Reachable (else :class:`StoreUnavailableError`, which is not damage) and readable."""
         self.count()
 
+    def close(self) -> None:
+        """Release the client; when no other client of this process uses the same server, close its HTTP
+        connections too (chromadb stops the shared system but leaves its ``httpx`` session open: two sockets a
+        closed KnowledgeBase kept until the process ended)."""
+        client = self._client
+        session = getattr(getattr(client, "_server", None), "_session", None)
+        super().close()
+        if session is None:
+            return
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        if getattr(client, "_identifier", None) not in SharedSystemClient._identifier_to_system:
+            session.close()
+
     def reopen(self) -> None:
         """Nothing to do: a server shows every client its current state (a dropped connection reconnects by
         itself, in :meth:`_call`)."""
