@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,19 +24,25 @@ class Busy(Exception):
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, wait: bool = True, record_pid: bool = False) -> Iterator[None]:
+def file_lock(path: Path, *, wait: bool | float = True, record_pid: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block.
 
-    ``wait=False`` raises :class:`Busy` at once when another process holds it; ``record_pid`` writes this
-    process's pid into the file, so a refused process can say who holds the lock.
+    ``wait``: True blocks until the lock is free; False raises :class:`Busy` at once when another process
+    holds it; a number of seconds keeps trying that long, then raises :class:`Busy`. ``record_pid`` writes
+    this process's pid into the file, so a refused process can say who holds the lock.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = None if isinstance(wait, bool) else time.monotonic() + wait
     with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            fh.seek(0)
-            raise Busy(fh.read().strip() or "unknown") from None
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait is True else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() >= deadline:
+                    fh.seek(0)
+                    raise Busy(fh.read().strip() or "unknown") from None
+                time.sleep(0.05)
         try:
             if record_pid:
                 fh.seek(0)

@@ -222,9 +222,7 @@ class ChromaServerStore(ChromaCollection):
                 "%d of %d vectors just written were not searchable: writing them again", len(lost), len(ids)
             )
             ids, vectors, metadatas = [ids[n] for n in lost], vectors[lost], [metadatas[n] for n in lost]
-            self._col(
-                "write", lambda c, i=ids, v=vectors, m=metadatas: c.upsert(ids=i, embeddings=v, metadatas=m)
-            )
+            self._write(ids, vectors, metadatas)
         if self._unsearchable(ids, vectors):
             log.warning(
                 "%d vectors written to collection %s on %s are stored but not found by a search (a Chroma "
@@ -251,20 +249,6 @@ class ChromaServerStore(ChromaCollection):
     def check(self) -> None:
         """Reachable (else :class:`StoreUnavailableError`, which is not damage) and readable."""
         self.count()
-
-    def close(self) -> None:
-        """Release the client; when no other client of this process uses the same server, close its HTTP
-        connections too (chromadb stops the shared system but leaves its ``httpx`` session open: two sockets a
-        closed KnowledgeBase kept until the process ended)."""
-        client = self._client
-        session = getattr(getattr(client, "_server", None), "_session", None)
-        super().close()
-        if session is None:
-            return
-        from chromadb.api.shared_system_client import SharedSystemClient
-
-        if getattr(client, "_identifier", None) not in SharedSystemClient._identifier_to_system:
-            session.close()
 
     def reopen(self) -> None:
         """Nothing to do: a server shows every client its current state (a dropped connection reconnects by

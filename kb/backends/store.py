@@ -137,8 +137,12 @@ class ChromaCollection:
             part_ids = list(ids[start : start + step])
             part = np.asarray(vectors[start : start + step], dtype=np.float32)
             metas = list(metadatas[start : start + step])
-            self._col("write", _upsert, part_ids, part, metas)
+            self._write(part_ids, part, metas)
             self._link(part_ids, part, metas)
+
+    def _write(self, ids: list[str], vectors: np.ndarray, metadatas: list[Metadata]) -> None:
+        """One batch, at most :attr:`max_batch` vectors."""
+        self._col("write", _upsert, ids, vectors, metadatas)
 
     def _link(self, ids: list[str], vectors: np.ndarray, metadatas: list[Metadata]) -> None:
         """After a batch is written: make sure a search finds it (the server store checks; see there)."""
@@ -345,11 +349,18 @@ def release_client(client: Any) -> None:
     closes its database connections and files with the last share: without this, every open of an index
     kept ~15 file descriptors until the process ended). Nothing is released when :func:`forget_client` dropped
     or replaced that system meanwhile: the shares counted now belong to a newer client."""
+    session = getattr(
+        getattr(client, "_server", None), "_session", None
+    )  # a server client's HTTP connections
     try:
         from chromadb.api import ServerAPI
+        from chromadb.api.shared_system_client import SharedSystemClient
 
         if client._system.instance(ServerAPI) is client._server:
             client.close()
+            # chromadb stops the last share's system but leaves an HttpClient's session open (two sockets)
+            if session is not None and client._identifier not in SharedSystemClient._identifier_to_system:
+                session.close()
     except Exception:  # the system was dropped (KeyError), or an internal API moved
         log.debug("Chroma client not released", exc_info=True)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -243,27 +242,19 @@ class IndexEngine:
         if self._locked:
             yield
             return
-        path = self.workspace.ensure_state_dir() / "write.lock"
-        deadline = time.monotonic() + wait
-        with contextlib.ExitStack() as held:
-            while True:
+        try:
+            with file_lock(self.workspace.ensure_state_dir() / "write.lock", wait=wait, record_pid=True):
+                self._locked = True
                 try:
-                    held.enter_context(file_lock(path, wait=False, record_pid=True))
-                    break
-                except Busy as busy:
-                    if time.monotonic() >= deadline:
-                        waited = f" (waited {wait:g} s)" if wait else ""
-                        raise IndexLockedError(
-                            f"Another kb process (pid {busy.holder}) is writing the index of "
-                            f"{self.workspace.root}{waited}. Wait for it to finish (or stop it) and try "
-                            "again."
-                        ) from None
-                    time.sleep(0.05)
-            self._locked = True
-            try:
-                yield
-            finally:
-                self._locked = False
+                    yield
+                finally:
+                    self._locked = False
+        except Busy as busy:
+            waited = f" (waited {wait:g} s)" if wait else ""
+            raise IndexLockedError(
+                f"Another kb process (pid {busy.holder}) is writing the index of {self.workspace.root}"
+                f"{waited}. Wait for it to finish (or stop it) and try again."
+            ) from None
 
     def index(
         self,
