@@ -48,7 +48,7 @@ from kb.serve.events import (
     watch_roots,
 )
 from kb.serve.server import WatchServer
-from kb.serve.support import UNAVAILABLE, Outage, Reindexed, WorkspaceGuard
+from kb.serve.support import UNAVAILABLE, Outage, Reindexed, WorkspaceGuard, preload, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +155,14 @@ class Watcher:
                 "may write an index; use that one (kb status shows it) or stop it first."
             )
         with self.engine.write_lock():
+            preload(self.shared_embedder)  # the model loads while the store opens
             with contextlib.suppress(IndexCorruptError):  # repaired by the start-up run; a server down: stop
                 self.engine.store.check()
             try:
                 self._start()
                 self._full("start-up reconcile")
-                self._warm_up()
+                assert self.reader is not None
+                warm_up(self.reader, self.dispatch.query_lock)
                 self.ready.set()
                 log.info("ready: watching %s (%s); Ctrl-C stops", self.root, self.mode)
                 next_check = time.monotonic() + self._check_every
@@ -207,21 +209,6 @@ class Watcher:
         if self.mode == "inotify":
             self._observe()
         self._write_status()
-
-    def _warm_up(self) -> None:
-        """Load the model, open the index and answer one question (the persona choice and priorities get
-        embedded and cached) before saying "ready", so the first request from another process is fast."""
-        reader = self.reader
-        assert reader is not None
-        started = time.perf_counter()
-        with self.dispatch.query_lock:
-            try:
-                reader.engine.embedder.embed(["warm up"])
-                reader.engine.status(None)
-                reader.ask("What should I consider first?", persona="auto")
-            except Exception as exc:  # e.g. nothing indexed yet: the first request reports it
-                log.debug("warm-up: %s", exc)
-        log.debug("warm-up took %.1f s", time.perf_counter() - started)
 
     def _observe(self) -> None:
         try:
