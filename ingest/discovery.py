@@ -164,10 +164,12 @@ def discover(
     max_bytes: int = 10 * 1024 * 1024,
     *,
     follow_hardlinks: bool = False,
+    folders: list[str] | None = None,
 ) -> tuple[list[Candidate], list[Skipped]]:
     """Walk ``root`` and return the files to index (sorted by path) and those skipped, each with a reason.
 
     Only metadata is read here (``lstat``/``stat``); file contents are read by :func:`read_candidate`.
+    ``folders``, when given, receives every folder listed (relative; ``""`` is the root).
     """
     root = root.resolve()
     rules = _Rules(include, exclude)
@@ -182,6 +184,8 @@ def discover(
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
         here = Path(dirpath)
         reldir = _rel(root, here)
+        if folders is not None:
+            folders.append(reldir)
         keep = []
         for d in sorted(dirnames):
             rel = f"{reldir}/{d}" if reldir else d

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from kb import KnowledgeBase
 from kb.locks import file_lock
@@ -103,3 +106,57 @@ def test_the_check_reads_no_file_and_sees_a_touch(indexed: Path) -> None:
     fresh = kb.freshen()
     assert fresh.refreshed == ["projects/prds/usage-export.md"] and fresh.stale == []
     assert kb.engine.stale_paths() == []
+
+
+def test_a_long_lived_reader_walks_the_tree_only_when_something_changed(
+    indexed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KnowledgeBase kept open (no kb watch) compares a stat of what its last walk saw instead of walking
+    the workspace before every search, and still sees every change: an edit, a new file in a new folder, a
+    removal, and an edit made while a walk was running (the stamp is taken before the walk it trusts)."""
+    from kb.index import changes
+
+    walks: list[int] = []
+    during_walk: list[Path] = []
+    real = changes.discover
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        walks.append(1)
+        found = real(*args, **kwargs)
+        for path in during_walk:  # changed after the walk looked at it
+            bump(path)
+        during_walk.clear()
+        return found
+
+    def bump(path: Path) -> None:
+        path.write_text(path.read_text(encoding="utf-8") + "\nThe quasar budget is 12 units.\n")
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+    monkeypatch.setattr(changes, "discover", counted)
+    kb = KnowledgeBase.open(indexed)
+    for _ in range(4):
+        assert kb.freshen().refreshed == []
+    assert len(walks) == 2, "a walk learns the tree, the next one confirms the stamp taken before it"
+
+    prd = indexed / "projects/prds/usage-export.md"
+    bump(prd)
+    assert kb.freshen().refreshed == ["projects/prds/usage-export.md"]
+    new = indexed / "projects/prds/later/extra.md"
+    new.parent.mkdir()
+    new.write_text("# Extra\n\nThe nebula budget is 7 units.\n", encoding="utf-8")
+    assert kb.freshen().refreshed == ["projects/prds/later/extra.md"]
+    new.unlink()
+    assert kb.freshen().refreshed == ["projects/prds/later/extra.md"]
+    for _ in range(2):
+        kb.freshen()
+    before = len(walks)
+    other = indexed / "projects/prds/notifications.md"
+    other.chmod(0o640)  # a change that the index does not see (its ctime): the next search walks, finds
+    during_walk.append(prd)  # nothing, and meanwhile prd changes after the walk looked at it
+    assert kb.freshen().refreshed == []
+    assert kb.freshen().refreshed == ["projects/prds/usage-export.md"]
+    assert len(walks) == before + 2
+    hits = kb.search("quasar budget units", k=3)
+    assert any(h.path == "projects/prds/usage-export.md" for h in hits)
+    kb.close()

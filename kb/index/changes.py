@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +33,9 @@ class _Engine(Protocol):  # what refresh needs of kb.index.engine.IndexEngine (n
 
     def reader(self) -> Manifest: ...
 
-    def changed_paths(self) -> set[str]: ...
+    tree: TreeStamp
+
+    def changed_paths(self, unloadable: Any = None, walked: list[str] | None = None) -> set[str]: ...
 
     def index(self, progress: Any = None, scope: Any = None) -> Any: ...
 
@@ -40,10 +44,15 @@ log = logging.getLogger(__name__)
 
 
 def changed_paths(
-    root: Path, settings: Settings, manifest: Manifest, unloadable: dict[str, tuple[int, int]] | None = None
+    root: Path,
+    settings: Settings,
+    manifest: Manifest,
+    unloadable: dict[str, tuple[int, int]] | None = None,
+    walked: list[str] | None = None,
 ) -> set[str]:
     """Paths whose files differ from the index by size or mtime, or are gone, or are new (nothing is read: a
-    stat per file). ``unloadable``: new files known to hold nothing indexable at that (size, mtime)."""
+    stat per file). ``unloadable``: new files known to hold nothing indexable at that (size, mtime).
+    ``walked``, when given, receives every folder listed and every file judged (for :class:`TreeStamp`)."""
     unloadable = unloadable or {}
     cands, skipped = discover(
         root,
@@ -51,7 +60,11 @@ def changed_paths(
         settings.exclude,
         int(settings.max_file_mb * 1024 * 1024),
         follow_hardlinks=settings.follow_hardlinks,
+        folders=walked,
     )
+    if walked is not None:
+        walked.extend(c.path for c in cands)
+        walked.extend(s.path for s in skipped)
     old = manifest.source_stats()
     held = {s.path for s in skipped if s.path in old}  # kept or dropped by the indexer's own rules
     dirty = {
@@ -82,6 +95,55 @@ def paths_under(root: Path, manifest: Manifest, folders: set[str]) -> set[str]:
     return covered
 
 
+Signature = tuple[int, int, int, int, int] | None
+
+
+class TreeStamp:
+    """Whether the tree is still as the last walk found it, told by a stat of what that walk saw (a folder
+    per listing, a file per verdict) instead of the walk itself: a file added, removed or renamed changes its
+    folder's mtime; an edit, a replacement or a chmod changes the file's size, mtime, ctime or inode. At
+    100,000 chunks (1,000 files) the walk took 36 ms of every search in a process without ``kb watch``.
+
+    The stamp is taken *before* the walk it goes with and trusted only if that walk found nothing changed
+    and no path the stamp did not cover: a change during the walk then shows at the next comparison. It is
+    never trusted while a symlink or an unreadable path is among them, nor once the index has changed
+    (another process committed: ``commit_seq``).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.paths: list[str] = []
+        self.stats: list[Signature] = []
+        self.seq: int | None = None  # the index version the trusted stamp goes with
+
+    def unchanged(self, root: Path, seq: int) -> bool:
+        """True when nothing the last walk saw has changed (no walk needed); else the stamp is taken again,
+        before the walk that follows (:meth:`walked`)."""
+        now = _stat_all(str(root), self.paths)
+        if self.seq is not None and self.seq == seq and now == self.stats:
+            return True
+        self.stats, self.seq = now, None
+        return False
+
+    def walked(self, paths: list[str], seq: int, clean: bool) -> None:
+        """After a walk (``paths``: what it saw; ``clean``: nothing differed from the index)."""
+        usable = all(s is not None and not stat.S_ISLNK(s[0]) for s in self.stats)
+        self.seq = seq if clean and usable and paths == self.paths else None
+        self.paths = paths
+
+
+def _stat_all(root: str, paths: list[str]) -> list[Signature]:
+    out: list[Signature] = []
+    for rel in paths:
+        try:
+            st = os.lstat(os.path.join(root, rel))
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return out
+
+
 def refresh(engine: _Engine, max_files: int) -> Freshness:
     """Re-index what changed on disk since it was indexed (at most ``max_files`` files, in one targeted
     incremental run), before a one-shot search or answer; what is left is reported as ``stale``.
@@ -93,8 +155,15 @@ def refresh(engine: _Engine, max_files: int) -> Freshness:
     out = Freshness()
     if not engine.has_index() or engine.reader().get_meta("fingerprint") != engine.fingerprint:
         return out
-    known = engine.reader().source_stats()
-    changed = engine.changed_paths()
+    seq = engine.reader().commit_seq()
+    with engine.tree.lock:  # one stamp and walk at a time (threads sharing a KnowledgeBase)
+        if engine.tree.unchanged(engine.workspace.root, seq):
+            out.ms = round((time.perf_counter() - started) * 1000, 2)
+            return out
+        known = engine.reader().source_stats()
+        walked: list[str] = []
+        changed = engine.changed_paths(walked=walked)
+        engine.tree.walked(walked, seq, clean=not changed)
     if changed and len(changed) <= max_files:
         settings = engine.settings
         cands, skipped = discover_paths(

@@ -37,7 +37,7 @@ from kb.errors import (
     StorageError,
     storage_error,
 )
-from kb.index.changes import changed_paths, paths_under, refresh
+from kb.index.changes import TreeStamp, changed_paths, paths_under, refresh
 from kb.index.indexer import Indexer, Progress, Scope, fingerprint, text_hash
 from kb.index.manifest import Manifest
 from kb.index.wiring import check_probe, embedder_from, forget_probe, record_probe, store_from
@@ -78,6 +78,7 @@ class IndexEngine:
         self._seen: int | None = None  # the manifest's commit_seq this engine's store view reflects
         self._probed = False
         self._store_checked = False
+        self.tree = TreeStamp()  # what the last refresh's walk saw (kb.index.changes.refresh)
 
     # --- backends -----------------------------------------------------------------------------------------
     @property
@@ -304,9 +305,11 @@ class IndexEngine:
                 store.drop_other_collections()
             return report
 
-    def changed_paths(self, unloadable: dict[str, tuple[int, int]] | None = None) -> set[str]:
+    def changed_paths(
+        self, unloadable: dict[str, tuple[int, int]] | None = None, walked: list[str] | None = None
+    ) -> set[str]:
         """Paths whose files differ from the index (see :func:`kb.index.changes.changed_paths`)."""
-        return changed_paths(self.workspace.root, self.settings, self.manifest(), unloadable)
+        return changed_paths(self.workspace.root, self.settings, self.manifest(), unloadable, walked)
 
     def stale_paths(self) -> list[str]:
         """Indexed sources whose file changed (size or mtime) or vanished since they were indexed: a stat per
