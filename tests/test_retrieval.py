@@ -228,3 +228,49 @@ def test_a_path_filter_over_thousands_of_sources_keeps_bm25_results_and_speed() 
     assert filtered < 5 * unfiltered + 0.02, (filtered, unfiltered)
     many = sorted(allowed) + [f"projects/prds/missing-{i}.md" for i in range(40000)]
     assert lexical.query(db, question, 40, many, sections=40) == expected
+
+
+def test_term_counts_are_counted_once_per_version_of_the_index(tmp_path: Path) -> None:
+    """BM25's section counts (FTS5 walks a term's whole posting list to count it) are remembered by a
+    long-lived reader, and never outlive a change: another process's commit, or this connection's own
+    write, makes the next search count again, with the new figures."""
+    from types import SimpleNamespace
+
+    from kb.index import lexical
+
+    path = tmp_path / "m.sqlite3"
+    reader, writer = sqlite3.connect(path), sqlite3.connect(path)
+    for db in (reader, writer):
+        db.execute("PRAGMA journal_mode=WAL")
+    writer.executescript(
+        "CREATE TABLE IF NOT EXISTS sources (path TEXT PRIMARY KEY);"
+        "CREATE TABLE IF NOT EXISTS chunks (id TEXT PRIMARY KEY, path TEXT, ordinal INTEGER, heading TEXT);"
+    )
+    lexical.ensure_schema(writer)
+
+    def put(db: sqlite3.Connection, i: int, text: str) -> None:
+        p = f"notes/n{i}.md"
+        db.execute("INSERT INTO sources VALUES (?)", (p,))
+        db.execute("INSERT INTO chunks VALUES (?, ?, 0, 'Summary')", (f"c{i}", p))
+        lexical.put(db, p, [SimpleNamespace(path=p, heading="Summary", text=text, embed_text=text)])
+        db.commit()
+
+    for i in range(6):
+        put(writer, i, "cursor pagination" if i % 2 else "ledger export")
+    counted: list[str] = []
+    reader.set_trace_callback(lambda sql: counted.append(sql) if "sections_fts_vocab" in sql else None)
+    stats = lexical.TermStats(reader)
+    question = "cursor ledger"
+
+    assert stats(["cursor", "ledger", "absent"]) == (6, {"cursor": 3, "ledger": 3})
+    weights = lexical.idf_weights(reader, question, stats)
+    hits = lexical.query(reader, question, 10, stats=stats)
+    assert len(counted) == 1, "the same terms were counted again in the same version"
+    assert weights == lexical.idf_weights(reader, question) and hits == lexical.query(reader, question, 10)
+
+    put(writer, 6, "cursor cursor")  # another connection commits
+    assert stats(["cursor", "ledger"]) == (7, {"cursor": 4, "ledger": 3})
+    assert lexical.idf_weights(reader, question, stats) == lexical.idf_weights(reader, question)
+    put(reader, 7, "ledger")  # this connection's own write
+    assert stats(["cursor", "ledger"]) == (8, {"cursor": 4, "ledger": 4})
+    assert lexical.query(reader, question, 10, stats=stats) == lexical.query(reader, question, 10)

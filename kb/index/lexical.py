@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Protocol
 
+from kb.index.postings import K1, TOKENIZER, Postings
+
 ANALYZER_VERSION = "snowball-en-3-sections"
 
 # Lucene's English stop words (the set the published bm25s baseline uses).
@@ -49,8 +51,7 @@ _DDL = [
     )""",
     "CREATE INDEX IF NOT EXISTS sections_path ON sections(path)",
     "CREATE INDEX IF NOT EXISTS chunks_path_heading ON chunks(path, heading)",
-    "CREATE VIRTUAL TABLE IF NOT EXISTS sections_fts USING fts5(head, body, tokenize = 'unicode61 "
-    "remove_diacritics 0')",
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS sections_fts USING fts5(head, body, tokenize = '{TOKENIZER}')",
     "CREATE VIRTUAL TABLE IF NOT EXISTS sections_fts_vocab USING fts5vocab(sections_fts, 'row')",
     """CREATE TRIGGER IF NOT EXISTS sections_fts_ad AFTER DELETE ON sections BEGIN
     DELETE FROM sections_fts WHERE rowid = old.id;
@@ -168,14 +169,30 @@ def _match(words: list[str]) -> str:
 
 
 def query(
-    db: sqlite3.Connection, text: str, k: int, paths: Sequence[str] | None = None, sections: int | None = None
+    db: sqlite3.Connection,
+    text: str,
+    k: int,
+    paths: Sequence[str] | None = None,
+    sections: int | None = None,
+    stats: TermStats | None = None,
+    postings: Postings | None = None,
 ) -> list[tuple[str, float]]:
     """Chunks of the best ``sections`` sections for ``text`` by BM25 (at most ``k`` chunks), as
     ``(chunk_id, score)``, higher better. ``paths`` restricts the search to those sources (metadata
-    filters)."""
-    words = _informative(db, list(dict.fromkeys(analyze(text))))
+    filters); ``stats``: the connection's :class:`TermStats` (a new one when not given); ``postings``: its
+    in-memory BM25, which answers when it is ready (the same scores; FTS5 otherwise)."""
+    words = list(dict.fromkeys(analyze(text)))
     if not words or (paths is not None and not paths):
         return []
+    n_docs, df = (stats or TermStats(db))(words)
+    words = _informative(words, n_docs, df)
+    if postings is not None:
+        top = postings.search(db, words, n_docs, df, sections or k, paths)
+        found = None if top is None else _chunks(db, top, k)
+        if found is not None:
+            return found
+        if top is not None:
+            postings.stale()  # a section moved under the arrays: FTS5 answers, and they are built again
     matches = "SELECT rowid AS id, bm25(sections_fts) AS score FROM sections_fts WHERE sections_fts MATCH ?"
     args: list[object] = [_match(words)]
     if paths is None:
@@ -198,39 +215,75 @@ def query(
     return [(cid, -float(score)) for cid, score in db.execute(sql, args)]
 
 
-def _informative(db: sqlite3.Connection, words: list[str]) -> list[str]:
+def _chunks(
+    db: sqlite3.Connection, top: list[tuple[int, str, float]], k: int
+) -> list[tuple[str, float]] | None:
+    """The chunks of ``top`` (sections as ``(rowid, path, score)``) in the order of the FTS5 query above: by
+    score, then path, then position; None when a section is not the one the in-memory arrays describe."""
+    rows = db.execute(
+        "SELECT j.key, s.path, c.id, c.ordinal FROM json_each(?) j JOIN sections s ON s.id = j.value "
+        "JOIN chunks c ON c.path = s.path AND c.heading = s.heading",
+        (json.dumps([rowid for rowid, _, _ in top]),),
+    ).fetchall()
+    if {r[0] for r in rows} != set(range(len(top))) or any(path != top[key][1] for key, path, _, _ in rows):
+        return None
+    rows.sort(key=lambda r: (-top[r[0]][2], r[1], r[3]))
+    return [(cid, top[key][2]) for key, _, cid, _ in rows[:k]]
+
+
+def _informative(words: list[str], n_docs: int, df: dict[str, int]) -> list[str]:
     """``words`` without those in at least half of the sections, when another word is rarer. FTS5 gives such a
     term an IDF of 1e-6 (its formula's is <= 0), so it moves no score by more than ~2e-6, yet it matches most
     sections and BM25 is computed for every match: at 50,000 sections a query holding one costs ~4x as much.
     When every word is that common they all stay (their tiny scores still rank the sections)."""
     if len(words) < 2:
         return words
-    n_docs, df = _frequencies(db, words)
     rare = [w for w in words if 2 * df.get(w, 0) < n_docs]
     return rare or words
 
 
-def _frequencies(db: sqlite3.Connection, words: list[str]) -> tuple[int, dict[str, int]]:
-    """The number of sections, and how many of them hold each of ``words`` (absent: not in any)."""
-    (n_docs,) = db.execute("SELECT count(*) FROM sections").fetchone()
-    df = dict(
-        db.execute(
-            f"SELECT term, doc FROM sections_fts_vocab WHERE term IN ({','.join('?' * len(words))})", words
-        ).fetchall()
-    )
-    return n_docs, df
+class TermStats:
+    """The number of sections and how many of them hold each term, remembered until the database changes.
+
+    FTS5 stores no document frequency: its vocabulary table walks a term's whole posting list to count it
+    (26 ms for a query's six commonest terms at 100,000 sections; the count of sections is a scan too), and
+    every search needs the counts twice (which terms to match, and the fusion's IDF weights). A long-lived
+    reader (``kb watch``, ``kb serve``, a ``KnowledgeBase`` kept open) meets the same common terms in query
+    after query, so each is counted once per version of the database: SQLite's ``data_version`` (changes
+    when another connection commits) with this connection's ``total_changes`` (its own writes).
+    """
+
+    MAX_TERMS = 100_000  # remembered terms; beyond, the memory starts again
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+        self._version: tuple[int, int] | None = None
+        self._n_docs = 0
+        self._df: dict[str, int] = {}
+
+    def __call__(self, words: list[str]) -> tuple[int, dict[str, int]]:
+        """The number of sections, and how many hold each of ``words`` (absent: none)."""
+        (data_version,) = self.db.execute("PRAGMA data_version").fetchone()
+        version = (data_version, self.db.total_changes)
+        if version != self._version or len(self._df) > self.MAX_TERMS:
+            (self._n_docs,) = self.db.execute("SELECT count(*) FROM sections").fetchone()
+            self._version, self._df = version, {}
+        missing = [w for w in dict.fromkeys(words) if w not in self._df]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            sql = f"SELECT term, doc FROM sections_fts_vocab WHERE term IN ({marks})"
+            found = dict(self.db.execute(sql, missing).fetchall())
+            self._df.update((w, found.get(w, 0)) for w in missing)
+        return self._n_docs, {w: self._df[w] for w in words if self._df[w]}
 
 
-K1 = 1.2  # FTS5's fixed BM25 parameters
-
-
-def idf_weights(db: sqlite3.Connection, text: str) -> dict[str, float]:
+def idf_weights(db: sqlite3.Connection, text: str, stats: TermStats | None = None) -> dict[str, float]:
     """Each analysed query term with its IDF over sections, as FTS5 computes it. A term no section contains
     gets the highest IDF there is: it is part of the question, and nothing matches it."""
     words = list(dict.fromkeys(analyze(text)))
     if not words:
         return {}
-    n_docs, df = _frequencies(db, words)
+    n_docs, df = (stats or TermStats(db))(words)
     return {w: max(math.log((n_docs - df.get(w, 0) + 0.5) / (df.get(w, 0) + 0.5)), 1e-6) for w in words}
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from kb.errors import IndexCorruptError, storage_error
 from kb.index import lexical
+from kb.index.postings import Postings
 
 SCHEMA_VERSION = 1
 AUX_VECTORS_MAX = 50_000
@@ -121,6 +122,8 @@ class Manifest:
                     self.rebuild_lexical()
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.execute("SELECT count(*) FROM sources").fetchone()
+            self.term_stats = lexical.TermStats(self.db)  # BM25's counts, remembered per database version
+            self.postings = Postings(path)  # BM25 in memory, for a reader that keeps searching
         except sqlite3.DatabaseError as exc:
             failure = storage_error(exc, path.parent)  # disk full, read-only, I/O: not corruption
             if failure is not None:
@@ -270,10 +273,10 @@ class Manifest:
     def lexical_query(
         self, text: str, k: int, paths: Sequence[str] | None = None, sections: int | None = None
     ) -> list[tuple[str, float]]:
-        return lexical.query(self.db, text, k, paths, sections)
+        return lexical.query(self.db, text, k, paths, sections, self.term_stats, self.postings)
 
     def lexical_weights(self, text: str) -> dict[str, float]:
-        return lexical.idf_weights(self.db, text)
+        return lexical.idf_weights(self.db, text, self.term_stats)
 
     def touch_source(self, path: str, size: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE sources SET size=?, mtime_ns=? WHERE path=?", (size, mtime_ns, path))
