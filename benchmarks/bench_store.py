@@ -115,7 +115,7 @@ def child_queries(ws: str, n: int) -> None:
         queries.append(" ".join(words[start : start + 6]))
     for q in queries[:20]:  # warm: the store's index loaded, caches filled
         kb.search(q, k=10)
-    # A reader that keeps searching over >= 20,000 sections builds BM25's arrays in the background after its
+    # A reader that keeps searching builds BM25's arrays in the background after its
     # first 2 s of searches (kb.index.postings); FTS5 answers until then. Measure the warm state it reaches.
     t0 = time.perf_counter()
     kb.engine.reader().postings.build(wait=True)

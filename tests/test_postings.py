@@ -117,6 +117,11 @@ def test_in_memory_bm25_follows_another_process_reading_only_what_changed(
     put(reader, "notes/n07.md", ["w4 w5 w6"])  # this connection's own write
     same_as_fts5(reader, qs)
     assert reader.postings.sections_read == read + 2 + 2 + 1
+    for n in range(postings.MAX_DELTAS + 4):  # past the number of segments at which they are merged
+        put(writer, f"notes/n{n + 10:02d}.md", [" ".join(words(rng, 12)), "w1 w1"])
+        in_memory(reader, "w1", 10, 10)
+    same_as_fts5(reader, qs)
+    assert reader.postings.sections_read == read + 2 + 2 + 1 + postings.MAX_DELTAS + 4  # one heading each
     assert reader.postings.ready
 
 
@@ -145,7 +150,6 @@ def test_a_long_lived_knowledge_base_builds_it_and_answers_as_before(
     from kb import KnowledgeBase
     from kb.testing.workspaces import FakeEmbedder  # a stand-in: what is tested here is BM25, not vectors
 
-    monkeypatch.setattr(postings, "MIN_SECTIONS", 1)
     monkeypatch.setattr(postings, "BUILD_AFTER_S", 0.0)
     rng = random.Random(3)
     ws = tmp_path / "ws"

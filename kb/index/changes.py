@@ -133,14 +133,22 @@ class TreeStamp:
 
 
 def _stat_all(root: str, paths: list[str]) -> list[Signature]:
+    """An lstat of each path, relative to an open ``root`` (half the cost of resolving each joined path)."""
     out: list[Signature] = []
-    for rel in paths:
-        try:
-            st = os.lstat(os.path.join(root, rel))
-        except OSError:
-            out.append(None)
-            continue
-        out.append((st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return [None] * len(paths)
+    try:
+        for rel in paths:
+            try:
+                st = os.stat(rel or ".", dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                out.append(None)
+                continue
+            out.append((st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    finally:
+        os.close(fd)
     return out
 
 

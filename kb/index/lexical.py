@@ -3,7 +3,8 @@
 Why FTS5 rather than an in-memory BM25 library: the postings live in the manifest's own SQLite file and change
 in the same transaction as the chunks they describe, so the lexical index is incremental (a changed file
 rewrites its own rows, nothing else), can never disagree with the manifest after a crash, and costs nothing to
-load for a one-shot ``kb ask``. FTS5 ranks with Okapi BM25 (k1 = 1.2, b = 0.75).
+load for a one-shot ``kb ask``. FTS5 ranks with Okapi BM25 (k1 = 1.2, b = 0.75). A reader that keeps searching
+adds :mod:`kb.index.postings` (the same scores from in-memory arrays, built from these tables).
 
 The unit of lexical matching is the **section** — the chunks of one file under one heading path, together —
 while dense retrieval works on chunks. A chunk is the right unit for an embedding (the model reads 256

@@ -15,11 +15,13 @@ bench_store.py --parts scale``). The same arithmetic over numpy arrays takes a f
 - each section's score is summed term by term, in the query's order, with the floating-point operations of
   SQLite's ``fts5Bm25Function``. A query term that is not one FTS5 token is left to FTS5.
 
-**Never stale.** A reader that has searched for ``BUILD_AFTER_S`` over at least ``MIN_SECTIONS`` sections
-builds the arrays in a background thread (its own read-only connection, one read transaction; FTS5 answers
-until they are ready; a one-shot ``kb search`` never pays for them). Before every search whose database
+**Never stale.** A reader that has been searching for ``BUILD_AFTER_S`` builds the arrays in a background
+thread (its own read-only connection, one read transaction; FTS5 answers until they are ready; a one-shot
+``kb search`` never pays for them). Before every search whose database
 version moved (another process committed, or this connection wrote), the sources whose content hash or
-indexing time changed are read again, and only those: the cost follows what changed. A result whose section
+indexing time changed are read again, and only those: the cost follows what changed (their postings form a
+small segment; past ``MAX_DELTAS`` such segments are merged, and once a quarter of the sections have been
+replaced the arrays are built again in the background). A result whose section
 no longer belongs to the source the arrays say is not used: FTS5 answers, and the arrays are built again.
 """
 
@@ -44,9 +46,9 @@ log = logging.getLogger(__name__)
 
 TOKENIZER = "unicode61 remove_diacritics 0"  # the sections' FTS5 tokenizer (kb.index.lexical's schema)
 K1, B = 1.2, 0.75  # FTS5's fixed BM25 parameters
-MIN_SECTIONS = 20_000  # below, FTS5 answers in a few milliseconds: memory is not worth holding
 BUILD_AFTER_S = 2.0  # a reader searching for this long is long-lived
-MAX_DELTAS = 16  # incremental segments before the arrays are built again in the background
+MAX_DELTAS = 16  # incremental segments before they are merged into one
+DEAD_SHARE = 0.25  # replaced sections (still in the postings, masked) before the arrays are built again
 
 _PLAIN = re.compile(r"[a-z0-9]+")
 
@@ -61,9 +63,15 @@ class _Probe:
         self.db.execute("CREATE VIRTUAL TABLE pv USING fts5vocab(p, 'instance')")
         self.known: dict[str, tuple[str, ...]] = {}
 
+    MAX_KNOWN = 200_000  # remembered tokens; beyond, the memory starts again
+
     def split(self, tokens: Iterable[str]) -> dict[str, tuple[str, ...]]:
         with self.lock:
-            new = [t for t in dict.fromkeys(tokens) if t not in self.known]
+            asked = list(dict.fromkeys(tokens))
+            new = [t for t in asked if t not in self.known]
+            if len(self.known) + len(new) > self.MAX_KNOWN:
+                self.known = {}
+                new = asked
             if new:
                 self.db.executemany("INSERT INTO p(rowid, x) VALUES (?, ?)", enumerate(new))
                 pieces: dict[int, list[str]] = {i: [] for i in range(len(new))}
@@ -71,7 +79,7 @@ class _Probe:
                     pieces[doc].append(term)
                 self.db.execute("DELETE FROM p")
                 self.known.update((t, tuple(pieces[i])) for i, t in enumerate(new))
-            return dict(self.known)
+            return {t: self.known[t] for t in asked}
 
 
 _probe = _Probe()
@@ -117,6 +125,23 @@ class _Segment:
         order = np.argsort(tid, kind="stable")
         starts = np.searchsorted(tid[order], np.arange(len(terms) + 1))
         return cls(terms, starts, np.frombuffer(docs, np.int64)[order], np.frombuffer(tfs, np.float64)[order])
+
+    @classmethod
+    def merge(cls, parts: Sequence[_Segment]) -> _Segment:
+        """One segment holding the postings of ``parts`` (in proportion to their size)."""
+        terms: dict[str, int] = {}
+        tids, docs, tfs = [], [], []
+        for seg in parts:
+            remap = np.empty(len(seg.terms), dtype=np.int32)
+            for term, t in seg.terms.items():
+                remap[t] = terms.setdefault(term, len(terms))
+            tids.append(np.repeat(remap, np.diff(seg.starts)))
+            docs.append(seg.docs)
+            tfs.append(seg.tfs)
+        tid = np.concatenate(tids)
+        order = np.argsort(tid, kind="stable")
+        starts = np.searchsorted(tid[order], np.arange(len(terms) + 1))
+        return cls(terms, starts, np.concatenate(docs)[order], np.concatenate(tfs)[order])
 
     def get(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         t = self.terms.get(term)
@@ -241,7 +266,7 @@ class Postings:
             finally:
                 db.close()
         except (sqlite3.Error, MemoryError) as exc:
-            log.warning("BM25 stays with SQLite FTS5 (the in-memory index could not be built: %s)", exc)
+            log.info("BM25 stays with SQLite FTS5 (the in-memory index could not be built: %s)", exc)
             return
         with self.lock:
             self._built = arrays
@@ -258,7 +283,7 @@ class Postings:
         if arrays is None:
             now = time.monotonic()
             self._first = self._first or now
-            if n_docs >= MIN_SECTIONS and now - self._first >= BUILD_AFTER_S and self._building is None:
+            if now - self._first >= BUILD_AFTER_S and self._building is None:
                 self._start()
             return None
         (data_version,) = db.execute("PRAGMA data_version").fetchone()
@@ -279,7 +304,9 @@ class Postings:
             self.sections_read += arrays.add(_sections(db, [p for p in changed if p in now_sources]))
             arrays.sources, self._version = now_sources, version
             arrays.normalise()
-            if len(arrays.segments) > MAX_DELTAS:
+            if len(arrays.segments) > MAX_DELTAS:  # the first is the build's
+                arrays.segments[1:] = [_Segment.merge(arrays.segments[1:])]
+            if len(arrays.path) - arrays.live > DEAD_SHARE * max(arrays.live, 40_000):
                 self._start()  # built again in the background; these serve until then
         if arrays.live != n_docs:
             self._discard()
