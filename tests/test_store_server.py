@@ -156,7 +156,8 @@ def test_server_down_at_start_is_one_line_naming_the_url(tmp_path: Path) -> None
     for verb in ("index", "watch"):
         done = run_kb(verb, "--workspace", ws, env={"KB_CHROMA_URL": url}, timeout=120)
         assert done.returncode == 1, done.stderr
-        lines = done.stderr.strip().splitlines()
+        # the one error line (a first run on a fresh model cache also logs the model's one-time export)
+        lines = [line for line in done.stderr.strip().splitlines() if " INFO " not in line]
         assert len(lines) == 1 and url in lines[0] and "chroma run" in lines[0], done.stderr
     # an index built elsewhere (embedded here), searched through a server that is down: the same error
     assert fake_kb("index", ws).returncode == 0
@@ -434,31 +435,36 @@ def test_a_written_vector_the_server_does_not_find_is_written_again(caplog: pyte
     assert "1 of 3 vectors just written were not searchable" in caplog.text
 
 
-def test_a_vector_a_narrow_search_misses_but_a_wider_one_finds_is_not_written_again(
+def test_a_vector_only_an_id_restricted_search_reaches_is_not_reported_as_lost(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Chroma's vector index is approximate: at 300,000 random vectors, 10 neighbours missed a few vectors
-    per thousand that were there (bench_store's scale run warned 150 times). Such a vector is found by the
-    wider search and neither written again nor reported."""
+    """Chroma's vector index is approximate: at 60,000 random vectors, 1.3 % were returned by no unrestricted
+    search (10 or 100 neighbours alike) yet found by a search restricted to their id, and writing them again
+    did not change that (bench_store's 300k run warned 256 times). Such a vector is tried again like any
+    other, but it is in the index: no warning that tells the user to rebuild."""
     import numpy as np
 
-    from kb.backends.chroma_server import LINK_WIDE, ChromaServerStore
+    from kb.backends.chroma_server import LINK_TRIES, ChromaServerStore
 
     class Collection:
         def __init__(self) -> None:
             self.rows: list[str] = []
-            self.upserts = 0
-            self.widths: list[int] = []
+            self.upserts: list[list[str]] = []
+            self.left_out = ""  # a record no search finds
 
         def upsert(self, ids: list[str], embeddings: np.ndarray, metadatas: list[dict[str, str]]) -> None:
-            self.upserts += 1
-            self.rows += ids
+            self.upserts.append(list(ids))
+            self.rows += [i for i in ids if i not in self.rows]
 
         def query(
-            self, query_embeddings: np.ndarray, n_results: int, include: list[str]
+            self,
+            query_embeddings: np.ndarray,
+            n_results: int,
+            include: list[str],
+            ids: list[str] | None = None,
         ) -> dict[str, object]:
-            self.widths.append(n_results)
-            found = [i for i in self.rows if n_results >= LINK_WIDE or i != "b"][:n_results]
+            rows = [i for i in self.rows if i != self.left_out]
+            found = [i for i in rows if (i in ids if ids else i != "b")][:n_results]
             n = len(query_embeddings)
             return {"ids": [found] * n, "distances": [[0.5] * len(found)] * n}
 
@@ -468,5 +474,9 @@ def test_a_vector_a_narrow_search_misses_but_a_wider_one_finds_is_not_written_ag
     store._call = lambda what, fn: fn()  # type: ignore[method-assign]
     with caplog.at_level("INFO", logger="kb.backends.chroma_server"):
         store.upsert(["a", "b", "c"], np.eye(3, dtype=np.float32), [{"path": "x.md"}] * 3)
-    assert col.upserts == 1 and col.widths == [10, LINK_WIDE]
-    assert "not searchable" not in caplog.text and "not found by a search" not in caplog.text
+    assert col.upserts == [["a", "b", "c"]] + [["b"]] * LINK_TRIES
+    assert "not found by a search" not in caplog.text
+    col.left_out = "b"  # now truly left out of the index: that is reported
+    with caplog.at_level("INFO", logger="kb.backends.chroma_server"):
+        store._link(["b"], np.eye(3, dtype=np.float32)[1:2], [{"path": "x.md"}])
+    assert "1 vectors written to collection" in caplog.text
