@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from kb import KnowledgeBase
+from kb.backends.chroma_server import ChromaServerStore
 from kb.errors import StoreUnavailableError
 from kb.testing import FakeEmbedder, free_port, run_kb, small_workspace, wait_for, watcher_thread
 from kb.testing.services import ChromaServer, fake_kb
@@ -352,8 +353,6 @@ def test_every_vector_written_beside_a_searching_reader_is_searchable(chroma_ser
 
     import numpy as np
 
-    from kb.backends.chroma_server import ChromaServerStore
-
     rng = random.Random(5)
     words = [f"{a}{b}{n}" for a in "klmnprstvz" for b in "aeiou" for n in range(40)]
 
@@ -398,12 +397,23 @@ def test_every_vector_written_beside_a_searching_reader_is_searchable(chroma_ser
     assert not lost, f"stored but not searchable (trial, ids): {lost}"
 
 
+def over(collection: object) -> ChromaServerStore:
+    """A server store whose collection is ``collection`` (a stand-in: no server, no network)."""
+    store = ChromaServerStore("http://127.0.0.1:9", "kb_x", prefix="kb_")
+    store._collection, store._max_batch = collection, 1000
+    store._call = lambda what, fn: fn()  # type: ignore[method-assign]
+    return store
+
+
+def answer(found: list[str], n: int) -> dict[str, object]:
+    """A query result: ``found`` for each of ``n`` query vectors."""
+    return {"ids": [found] * n, "distances": [[0.5] * len(found)] * n}
+
+
 def test_a_written_vector_the_server_does_not_find_is_written_again(caplog: pytest.LogCaptureFixture) -> None:
     """The check after each write, on a stand-in collection that leaves one record out of its search the first
     time (as the Chroma server does): that record alone is written again, and the check passes after it."""
     import numpy as np
-
-    from kb.backends.chroma_server import ChromaServerStore
 
     class Collection:
         def __init__(self) -> None:
@@ -420,14 +430,10 @@ def test_a_written_vector_the_server_does_not_find_is_written_again(caplog: pyte
         def query(
             self, query_embeddings: np.ndarray, n_results: int, include: list[str]
         ) -> dict[str, object]:
-            found = [i for i in self.rows if i not in self.hidden][:n_results]
-            n = len(query_embeddings)
-            return {"ids": [found] * n, "distances": [[0.5] * len(found)] * n}
+            return answer([i for i in self.rows if i not in self.hidden][:n_results], len(query_embeddings))
 
     col = Collection()
-    store = ChromaServerStore("http://127.0.0.1:9", "kb_x", prefix="kb_")
-    store._collection, store._max_batch = col, 1000  # a stand-in for the server's collection
-    store._call = lambda what, fn: fn()  # type: ignore[method-assign]
+    store = over(col)
     vectors = np.eye(3, dtype=np.float32)
     with caplog.at_level("INFO", logger="kb.backends.chroma_server"):
         store.upsert(["a", "b", "c"], vectors, [{"path": "x.md"}] * 3)
@@ -444,7 +450,7 @@ def test_a_vector_only_an_id_restricted_search_reaches_is_not_reported_as_lost(
     other, but it is in the index: no warning that tells the user to rebuild."""
     import numpy as np
 
-    from kb.backends.chroma_server import LINK_TRIES, ChromaServerStore
+    from kb.backends.chroma_server import LINK_TRIES
 
     class Collection:
         def __init__(self) -> None:
@@ -465,13 +471,10 @@ def test_a_vector_only_an_id_restricted_search_reaches_is_not_reported_as_lost(
         ) -> dict[str, object]:
             rows = [i for i in self.rows if i != self.left_out]
             found = [i for i in rows if (i in ids if ids else i != "b")][:n_results]
-            n = len(query_embeddings)
-            return {"ids": [found] * n, "distances": [[0.5] * len(found)] * n}
+            return answer(found, len(query_embeddings))
 
     col = Collection()
-    store = ChromaServerStore("http://127.0.0.1:9", "kb_x", prefix="kb_")
-    store._collection, store._max_batch = col, 1000  # a stand-in for the server's collection
-    store._call = lambda what, fn: fn()  # type: ignore[method-assign]
+    store = over(col)
     with caplog.at_level("INFO", logger="kb.backends.chroma_server"):
         store.upsert(["a", "b", "c"], np.eye(3, dtype=np.float32), [{"path": "x.md"}] * 3)
     assert col.upserts == [["a", "b", "c"]] + [["b"]] * LINK_TRIES
