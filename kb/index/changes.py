@@ -35,8 +35,6 @@ class _Engine(Protocol):  # what refresh needs of kb.index.engine.IndexEngine (n
 
     tree: TreeStamp
 
-    def changed_paths(self, unloadable: Any = None, walked: list[str] | None = None) -> set[str]: ...
-
     def index(self, progress: Any = None, scope: Any = None) -> Any: ...
 
 
@@ -170,7 +168,7 @@ def refresh(engine: _Engine, max_files: int) -> Freshness:
             return out
         known = engine.reader().source_stats()
         walked: list[str] = []
-        changed = engine.changed_paths(walked=walked)
+        changed = changed_paths(engine.workspace.root, engine.settings, engine.reader(), walked=walked)
         engine.tree.walked(walked, seq, clean=not changed)
     if changed and len(changed) <= max_files:
         settings = engine.settings

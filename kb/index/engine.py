@@ -305,11 +305,9 @@ class IndexEngine:
                 store.drop_other_collections()
             return report
 
-    def changed_paths(
-        self, unloadable: dict[str, tuple[int, int]] | None = None, walked: list[str] | None = None
-    ) -> set[str]:
+    def changed_paths(self, unloadable: dict[str, tuple[int, int]] | None = None) -> set[str]:
         """Paths whose files differ from the index (see :func:`kb.index.changes.changed_paths`)."""
-        return changed_paths(self.workspace.root, self.settings, self.manifest(), unloadable, walked)
+        return changed_paths(self.workspace.root, self.settings, self.manifest(), unloadable)
 
     def stale_paths(self) -> list[str]:
         """Indexed sources whose file changed (size or mtime) or vanished since they were indexed: a stat per

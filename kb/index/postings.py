@@ -6,7 +6,7 @@ reads the row's size from FTS5's tables; a search costs in proportion to the mat
 text with a Zipf vocabulary, the MATCH alone took 331 ms at p95 over 300,000 sections (``benchmarks/
 bench_store.py --parts scale``). The same arithmetic over numpy arrays takes a few milliseconds.
 
-**The same scores, by construction** (``tests/test_retrieval.py`` compares them with FTS5's):
+**The same scores, by construction** (``tests/test_postings.py`` compares them with FTS5's):
 
 - a section's terms are split as FTS5's ``unicode61`` tokenizer splits them: ASCII letters and digits are
   the common case; any other token is split by SQLite's own tokenizer (an in-memory FTS5 table), once per
@@ -56,14 +56,14 @@ _PLAIN = re.compile(r"[a-z0-9]+")
 class _Probe:
     """SQLite's own tokenizer, asked through an in-memory FTS5 table (for tokens that are not plain ASCII)."""
 
+    MAX_KNOWN = 200_000  # remembered tokens; beyond, the memory starts again
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.db = sqlite3.connect(":memory:", check_same_thread=False)
         self.db.execute(f"CREATE VIRTUAL TABLE p USING fts5(x, tokenize = '{TOKENIZER}')")
         self.db.execute("CREATE VIRTUAL TABLE pv USING fts5vocab(p, 'instance')")
         self.known: dict[str, tuple[str, ...]] = {}
-
-    MAX_KNOWN = 200_000  # remembered tokens; beyond, the memory starts again
 
     def split(self, tokens: Iterable[str]) -> dict[str, tuple[str, ...]]:
         with self.lock:
@@ -121,10 +121,12 @@ class _Segment:
                 tids.append(terms.setdefault(term, len(terms)))
                 docs.append(doc)
                 tfs.append(n)
-        tid = np.frombuffer(tids, dtype=np.int32)
-        order = np.argsort(tid, kind="stable")
-        starts = np.searchsorted(tid[order], np.arange(len(terms) + 1))
-        return cls(terms, starts, np.frombuffer(docs, np.int64)[order], np.frombuffer(tfs, np.float64)[order])
+        return cls.by_term(
+            terms,
+            np.frombuffer(tids, np.int32),
+            np.frombuffer(docs, np.int64),
+            np.frombuffer(tfs, np.float64),
+        )
 
     @classmethod
     def merge(cls, parts: Sequence[_Segment]) -> _Segment:
@@ -138,10 +140,14 @@ class _Segment:
             tids.append(np.repeat(remap, np.diff(seg.starts)))
             docs.append(seg.docs)
             tfs.append(seg.tfs)
-        tid = np.concatenate(tids)
+        return cls.by_term(terms, np.concatenate(tids), np.concatenate(docs), np.concatenate(tfs))
+
+    @classmethod
+    def by_term(cls, terms: dict[str, int], tid: np.ndarray, docs: np.ndarray, tfs: np.ndarray) -> _Segment:
+        """Postings given as parallel arrays (term number, section, count), grouped by term."""
         order = np.argsort(tid, kind="stable")
         starts = np.searchsorted(tid[order], np.arange(len(terms) + 1))
-        return cls(terms, starts, np.concatenate(docs)[order], np.concatenate(tfs)[order])
+        return cls(terms, starts, docs[order], tfs[order])
 
     def get(self, term: str) -> tuple[np.ndarray, np.ndarray] | None:
         t = self.terms.get(term)
@@ -213,15 +219,8 @@ def _sections(db: sqlite3.Connection, paths: Sequence[str] | None) -> Iterator[t
     sql = "SELECT s.id, s.path, f.head, f.body FROM sections s JOIN sections_fts f ON f.rowid = s.id"
     if paths is None:
         return iter(db.execute(sql + " ORDER BY s.id"))
-    return iter(
-        db.execute(
-            sql + " WHERE s.path IN (SELECT value FROM json_each(?)) ORDER BY s.id", (_json(paths),)
-        ).fetchall()
-    )
-
-
-def _json(values: Sequence[object]) -> str:
-    return json.dumps(list(values))
+    where = " WHERE s.path IN (SELECT value FROM json_each(?)) ORDER BY s.id"
+    return iter(db.execute(sql + where, (json.dumps(list(paths)),)).fetchall())
 
 
 class Postings:
@@ -325,7 +324,7 @@ class Postings:
         limit: int,
         paths: Sequence[str] | None,
     ) -> list[tuple[int, str, float]] | None:
-        """The best ``limit`` sections for ``words`` as ``(rowid, path, score)``, best first, ties by path;
+        """The best ``limit`` sections for ``words`` as ``(rowid, path, score)``, best first (ties by rowid);
         None when FTS5 must answer (not built yet, or a word FTS5 reads as several tokens)."""
         if not all(one_token(w) for w in words):
             return None

@@ -154,9 +154,9 @@ class WorkspaceGuard:
 
 def preload(embedder: Embedder) -> threading.Thread:
     """Load the embedding model in a background thread while the caller opens the vector store. ONNX Runtime
-    builds its session in native code, without the GIL, so the two overlap: 0.35 s less from start to ready
-    on this machine (median of 3, ``benchmarks/bench_mcp.py`` measures the whole start). The embedder's lock
-    makes :func:`warm_up` wait for it; a failure is met and reported again there."""
+    builds its session in native code, without the GIL, so the two overlap: the first answer of ``kb mcp``
+    came 0.2 s sooner (median of 8 starts; ``benchmarks/bench_mcp.py`` measures the whole start). The
+    embedder's lock makes :func:`warm_up`'s question wait for it; a failure is reported again there."""
 
     def load() -> None:
         try:
@@ -170,12 +170,12 @@ def preload(embedder: Embedder) -> threading.Thread:
 
 
 def warm_up(reader: Query, lock: threading.Lock) -> None:
-    """Load the model, open the index and answer one question (the persona choice and priorities get embedded
-    and cached) before the watcher says "ready", so the first request from another process is fast."""
+    """Open the index and answer one question (the persona choice and priorities get embedded and cached; the
+    model, loading since :func:`preload`, is waited for) before the watcher says "ready", so the first request
+    from another process is fast."""
     started = time.perf_counter()
     with lock:
         try:
-            reader.engine.embedder.embed(["warm up"])
             reader.engine.status(None)
             reader.ask("What should I consider first?", persona="auto")
         except Exception as exc:  # e.g. nothing indexed yet: the first request reports it
