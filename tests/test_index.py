@@ -106,9 +106,14 @@ def test_modified_file_reembeds_only_changed_chunks(indexed: Path) -> None:
     )
     kb.close()
     kb, emb = open_counting(indexed)
+    ids_before = kb.engine.ready()[0].all_chunk_ids()
+    written: list[str] = []
+    upsert = kb.engine.store.upsert
+    kb.engine.store.upsert = lambda ids, *rest: (written.extend(ids), upsert(ids, *rest))[1]  # type: ignore[method-assign]
     report = kb.index()
     assert report.updated == [NOTIF]
     assert 1 <= report.chunks_embedded <= 2 < chunks_before, "only the edited section is re-embedded"
+    assert set(written) == kb.engine.ready()[0].all_chunk_ids() - ids_before, "only new chunks are written"
     hits = kb.search("zanzibarquokka flag pins a cursor to a snapshot", k=3)
     assert hits[0].path == NOTIF and "zanzibarquokka" in hits[0].text
     lines = (indexed / NOTIF).read_text().splitlines()

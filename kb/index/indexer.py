@@ -80,14 +80,11 @@ class _Change:
     redacted: list[RedactedSecret]
 
 
-def chroma_metadata(row: ChunkRow, source_type: str) -> dict[str, Any]:
-    return {
-        "path": row.path,
-        "start_line": row.start_line,
-        "end_line": row.end_line,
-        "heading": row.heading,
-        "source_type": source_type,
-    }
+def chroma_metadata(row: ChunkRow) -> dict[str, Any]:
+    """What the vector index keeps beside a vector: the path, which searches filter on. Lines, heading and
+    type live in the manifest only (an unchanged chunk keeps its id when lines around it move, and is not
+    written again)."""
+    return {"path": row.path}
 
 
 class Indexer:
@@ -194,18 +191,21 @@ class Indexer:
         report.removed = [p for p in removed if p not in renamed_from]
 
         # Embed what is not cached, then write: Chroma first, the manifest in one transaction, deletions last.
+        # A chunk whose id the file had already (same path, text and occurrence: the same vector) is in the
+        # vector index: only new ids are written (re-writing one made embedded Chroma 1.5.9 lose another
+        # vector of the same batch from its in-memory index, in about 1 run of 2 of tests/test_multiprocess).
         new_rows = [row for change in changes for row in change.chunks]
-        vectors = self._vectors_for(new_rows)
-        types = {c.candidate.path: c.source.source_type for c in changes}
-        self.progress("write", 0, 1)
-        self.store.upsert(
-            [r.id for r in new_rows],
-            np.stack([vectors[r.text_hash] for r in new_rows]) if new_rows else np.zeros((0, 1), np.float32),
-            [chroma_metadata(r, types[r.path]) for r in new_rows],
-        )
         old_ids: set[str] = set()
         for path in [c.previous for c in changes if c.previous] + report.removed:
             old_ids.update(r.id for r in self.manifest.chunks_of(path))
+        write = new_rows if rebuild else [r for r in new_rows if r.id not in old_ids]
+        vectors = self._vectors_for(write)
+        self.progress("write", 0, 1)
+        self.store.upsert(
+            [r.id for r in write],
+            np.stack([vectors[r.text_hash] for r in write]) if write else np.zeros((0, 1), np.float32),
+            [chroma_metadata(r) for r in write],
+        )
         db = self.manifest.db
         with db:
             if rebuild:
@@ -358,12 +358,11 @@ class Indexer:
                         f"{len(lacking)} chunk(s) have no cached vector: run kb index to embed them"
                     )
             vectors = self._vectors_for(rows)
-            types = {p: s.source_type for p, s in self.manifest.sources().items()}
             if rows:
                 self.store.upsert(
                     [r.id for r in rows],
                     np.stack([vectors[r.text_hash] for r in rows]),
-                    [chroma_metadata(r, types.get(r.path, "other")) for r in rows],
+                    [chroma_metadata(r) for r in rows],
                 )
                 repaired.append(f"restored {len(rows)} missing chunk(s) to the vector index")
         for line in repaired:
