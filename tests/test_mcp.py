@@ -389,21 +389,95 @@ def test_kb_mcp_stops_at_once_on_sigterm_with_stdin_still_open(tmp_path: Path) -
     assert code == 128 + signal.SIGTERM and "kb mcp stopped (SIGTERM)" in log.read_text()
 
 
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def gone(pid: int) -> bool:
+    """The process exited (a zombie not yet reaped by its parent counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def call(child: subprocess.Popen[bytes], n: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """One ``tools/call`` on a started ``kb mcp`` (raw JSON-RPC); its result."""
+    assert child.stdin and child.stdout
+    request = {
+        "jsonrpc": "2.0",
+        "id": n,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments},
+    }
+    child.stdin.write(rpc(request))
+    child.stdin.flush()
+    reply = json.loads(child.stdout.readline())
+    assert reply["id"] == n
+    return dict(reply["result"])
+
+
 @pytest.mark.slow
 def test_kb_mcp_runs_its_own_watcher_and_stops_it(indexed: Path, tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
-    child = start_kb_mcp(indexed, log)  # nobody owns the index: kb mcp watches it itself
+    child = start_kb_mcp(indexed, log)  # nobody owns the index: kb mcp watches it itself, in a forked child
     wait_for(lambda: "ready: watching" in log.read_text(), 180)
     remote = connect(indexed)
-    assert remote is not None and remote.pid == child.pid  # ... and serves other kb commands too
+    assert remote is not None and parent_of(remote.pid) == child.pid  # ... and serves other kb commands too
+    watcher = remote.pid
     remote.close()
+    assert call(child, 2, "search", {"query": "usage export", "k": 2})["structuredContent"]["hits"]
     child.send_signal(signal.SIGTERM)
     code = child.wait(timeout=150)
     child.communicate()
     assert code == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    assert connect(indexed) is None and gone(watcher)
+    watch = json.loads((indexed / ".workos/.kb/watch.json").read_text())
+    assert watch["running"] is False and watch["pid"] == watcher  # the watcher stopped cleanly first
+
+
+@pytest.mark.slow
+def test_kb_mcp_killed_outright_takes_its_watcher_with_it(indexed: Path, tmp_path: Path) -> None:
+    log = tmp_path / "stderr.log"
+    child = start_kb_mcp(indexed, log)
+    wait_for(lambda: "ready: watching" in log.read_text(), 180)
+    remote = connect(indexed)
+    assert remote is not None
+    watcher = remote.pid
+    remote.close()
+    child.kill()  # no handler runs: the watcher learns it from the pipe only kb mcp held
+    child.wait(timeout=30)
+    child.communicate()
+    wait_for(lambda: gone(watcher), 60)
     assert connect(indexed) is None
     watch = json.loads((indexed / ".workos/.kb/watch.json").read_text())
-    assert watch["running"] is False and watch["pid"] == child.pid  # the watcher stopped cleanly first
+    assert watch["running"] is False and watch["pid"] == watcher, log.read_text()[-2000:]
+
+
+@pytest.mark.slow
+def test_kb_mcp_whose_watcher_died_watches_in_its_own_process(indexed: Path, tmp_path: Path) -> None:
+    log = tmp_path / "stderr.log"
+    child = start_kb_mcp(indexed, log)
+    wait_for(lambda: "ready: watching" in log.read_text(), 180)
+    remote = connect(indexed)
+    assert remote is not None
+    watcher = remote.pid
+    os.kill(watcher, signal.SIGKILL)  # the forked watcher dies; its socket file stays behind
+    remote.close()
+    wait_for(lambda: gone(watcher), 60)
+    (indexed / "projects/prds/new.md").write_text("# New\n\nThe zanzibar rollout is next week.\n")
+    try:
+        result = call(child, 2, "search", {"query": "zanzibar rollout", "k": 3})
+        assert "structuredContent" in result, (result, log.read_text()[-2000:])
+        hits = result["structuredContent"]["hits"]
+        assert hits and hits[0]["path"] == "projects/prds/new.md", log.read_text()[-2000:]
+        status = call(child, 3, "status", {})["structuredContent"]
+        assert status["watcher"]["running"] and status["watcher"]["pid"] == child.pid  # now in kb mcp itself
+    finally:
+        assert child.stdin and child.stdout
+        child.stdin.close()  # the agent went away: kb mcp stops the watcher it runs now, and exits
+        assert child.wait(timeout=150) == 0, log.read_text()[-2000:]
+        child.stdout.close()
 
 
 def readme_server() -> dict[str, Any]:

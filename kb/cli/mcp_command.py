@@ -35,10 +35,7 @@ def mcp(
 
     Example: kb mcp --workspace ./acme
     """
-    import anyio
-
     from kb.cli.watch_render import log_to_stderr
-    from kb.serve.mcp import build_mcp, run_stdio
     from kb.serve.mcp_owner import OwnedIndex
     from kb.workspace import find_workspace
 
@@ -50,10 +47,14 @@ def mcp(
         return kb.engine, kb.query
 
     owned = OwnedIndex(ws, open_index, debounce=debounce, polling=poll)
+    owned.start(fork=True)  # before the MCP SDK's import (and any thread): the two start-ups overlap
+
+    import anyio
+
+    from kb.serve.mcp import build_mcp, run_stdio
 
     @contextlib.asynccontextmanager
     async def lifespan(server: Any) -> AsyncIterator[None]:
-        owned.start()  # here, not earlier: stdout is the protocol's from now on, stray prints go to stderr
         try:
             yield
         finally:
