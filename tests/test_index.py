@@ -122,6 +122,27 @@ def test_modified_file_reembeds_only_changed_chunks(indexed: Path) -> None:
     assert ids == chroma
 
 
+@pytest.mark.embedded_only  # reads the collection's settings from the folder
+def test_an_older_collection_is_searched_with_kb_s_ef_search(indexed: Path) -> None:
+    import chromadb
+
+    from kb.backends.store import EF_SEARCH
+
+    def ef_search() -> int:
+        client = chromadb.PersistentClient(path=str(indexed / ".workos/.kb/chroma"))
+        (only,) = client.list_collections()
+        return int(client.get_collection(only.name).configuration_json["hnsw"]["ef_search"])
+
+    client = chromadb.PersistentClient(path=str(indexed / ".workos/.kb/chroma"))
+    (only,) = client.list_collections()
+    assert ef_search() == EF_SEARCH > 100  # kb's own collections are made with it
+    client.get_collection(only.name).modify(configuration={"hnsw": {"ef_search": 100}})  # an older kb's
+    assert ef_search() == 100
+    with KnowledgeBase.open(indexed) as kb:
+        assert kb.search("usage export", k=3)
+    assert ef_search() == EF_SEARCH
+
+
 def test_deleted_file_disappears_everywhere(indexed: Path) -> None:
     (indexed / NOTIF).unlink()
     kb, emb = open_counting(indexed)

@@ -242,3 +242,10 @@ def test_a_kept_open_index_finds_every_edit_it_wrote_itself(tmp_path: Path) -> N
                     assert hits and marker in hits[0].text, (
                         f"seed {seed}, after round {rnd}: round {seen}'s text is not found: {hits[:1]}"
                     )
+            kb.index(rebuild=True)  # every id written again, by the same open instance
+            indexed = " ".join(c for _, _, _, c in state(ws))
+            for seen, marker in markers.items():
+                hits = kb.search(marker, k=3, mode="dense")
+                assert marker not in indexed or (hits and marker in hits[0].text), (
+                    f"seed {seed}, after a rebuild: round {seen}'s text is not found: {hits[:1]}"
+                )
