@@ -389,14 +389,27 @@ def test_kb_mcp_stops_at_once_on_sigterm_with_stdin_still_open(tmp_path: Path) -
     assert code == 128 + signal.SIGTERM and "kb mcp stopped (SIGTERM)" in log.read_text()
 
 
+def start_kb_mcp_watching(ws: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``kb mcp`` on ``ws`` that nobody else owns, once its watcher is ready; and the watcher's pid (the
+    process serving the workspace's socket, which other kb commands reach)."""
+    child = start_kb_mcp(ws, log)
+    wait_for(lambda: "ready: watching" in log.read_text(), 180)
+    remote = connect(ws)
+    assert remote is not None, log.read_text()[-2000:]
+    remote.close()
+    return child, remote.pid
+
+
 def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def gone(pid: int) -> bool:
-    """The process exited (a zombie not yet reaped by its parent counts)."""
+    """The process exited, all its threads (its files are closed): a zombie not yet reaped counts, but not a
+    thread-group leader that is a zombie while its other threads still exit."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1
     except OSError:
         return True
 
@@ -420,12 +433,8 @@ def call(child: subprocess.Popen[bytes], n: int, name: str, arguments: dict[str,
 @pytest.mark.slow
 def test_kb_mcp_runs_its_own_watcher_and_stops_it(indexed: Path, tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
-    child = start_kb_mcp(indexed, log)  # nobody owns the index: kb mcp watches it itself, in a forked child
-    wait_for(lambda: "ready: watching" in log.read_text(), 180)
-    remote = connect(indexed)
-    assert remote is not None and parent_of(remote.pid) == child.pid  # ... and serves other kb commands too
-    watcher = remote.pid
-    remote.close()
+    child, watcher = start_kb_mcp_watching(indexed, log)
+    assert parent_of(watcher) == child.pid  # kb mcp watches the index itself, in a forked child
     assert call(child, 2, "search", {"query": "usage export", "k": 2})["structuredContent"]["hits"]
     child.send_signal(signal.SIGTERM)
     code = child.wait(timeout=150)
@@ -439,12 +448,7 @@ def test_kb_mcp_runs_its_own_watcher_and_stops_it(indexed: Path, tmp_path: Path)
 @pytest.mark.slow
 def test_kb_mcp_killed_outright_takes_its_watcher_with_it(indexed: Path, tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
-    child = start_kb_mcp(indexed, log)
-    wait_for(lambda: "ready: watching" in log.read_text(), 180)
-    remote = connect(indexed)
-    assert remote is not None
-    watcher = remote.pid
-    remote.close()
+    child, watcher = start_kb_mcp_watching(indexed, log)
     child.kill()  # no handler runs: the watcher learns it from the pipe only kb mcp held
     child.wait(timeout=30)
     child.communicate()
@@ -457,13 +461,8 @@ def test_kb_mcp_killed_outright_takes_its_watcher_with_it(indexed: Path, tmp_pat
 @pytest.mark.slow
 def test_kb_mcp_whose_watcher_died_watches_in_its_own_process(indexed: Path, tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
-    child = start_kb_mcp(indexed, log)
-    wait_for(lambda: "ready: watching" in log.read_text(), 180)
-    remote = connect(indexed)
-    assert remote is not None
-    watcher = remote.pid
+    child, watcher = start_kb_mcp_watching(indexed, log)
     os.kill(watcher, signal.SIGKILL)  # the forked watcher dies; its socket file stays behind
-    remote.close()
     wait_for(lambda: gone(watcher), 60)
     (indexed / "projects/prds/new.md").write_text("# New\n\nThe zanzibar rollout is next week.\n")
     try:
