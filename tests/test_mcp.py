@@ -401,15 +401,19 @@ def start_kb_mcp_watching(ws: Path, log: Path) -> tuple[subprocess.Popen[bytes],
 
 
 def parent_of(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(proc_stat(pid)[1])
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name: state, parent, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def gone(pid: int) -> bool:
     """The process exited, all its threads (its files are closed): a zombie not yet reaped counts, but not a
     thread-group leader that is a zombie while its other threads still exit."""
     try:
-        zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-        return zombie and len(os.listdir(f"/proc/{pid}/task")) <= 1
+        return proc_stat(pid)[0] == "Z" and len(os.listdir(f"/proc/{pid}/task")) <= 1
     except OSError:
         return True
 

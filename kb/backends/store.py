@@ -40,11 +40,9 @@ os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 T = TypeVar("T")
 Metadata = dict[str, Any]
 Neighbours = list[tuple[str, float]]  # (chunk id, cosine similarity), best first
-# How many candidates Chroma's HNSW graph explores per query (at least as many as asked: a hybrid search
-# asks for 200). Chroma's default, 100, found 98.2 % of the exact top 200 over SciFact's 13,983 chunks (84 %
-# for the worst of 100 queries), so two fills of the same vectors ranked differently: nDCG@10 0.7444 to 0.7452
-# over four embedded fills, 0.7448 on a server. 1000 finds 99.97 % (99.5 % at worst), and both stores give the
-# same nDCG@10, 0.7443 (benchmarks/bench_store.py measures it, and what it costs at 300,000 chunks).
+# Candidates Chroma's HNSW graph explores per query (at least as many as asked: 200 in hybrid mode).
+# Chroma's default, 100, found 98.2 % of the exact top 200 over SciFact's chunks, so fills ranked differently;
+# 1000 finds 99.97 % and both stores give the same nDCG@10 (README, "Running kb for a team").
 EF_SEARCH = 1000
 HNSW = {"hnsw": {"space": "cosine", "ef_search": EF_SEARCH}}
 

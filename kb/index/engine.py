@@ -362,19 +362,8 @@ class IndexEngine:
     def status(self, watcher: WatcherStatus | None) -> Status:
         ws, model = self.workspace, self.settings.embedder
         if not self.has_index():
-            return Status(
-                str(ws.root),
-                str(ws.state_dir),
-                model,
-                self.settings.embedder_runtime,
-                None,
-                0,
-                0,
-                None,
-                [],
-                watcher,
-                self.store_status(),
-            )
+            empty = (str(ws.root), str(ws.state_dir), model, self.settings.embedder_runtime, None, 0, 0, None)
+            return Status(*empty, watcher=watcher, store=self.store_status())
         manifest = self.reader()
         counts = manifest.chunk_counts()
         sources = [

@@ -274,7 +274,7 @@ class Child:
     def wait_ready(self, timeout: float) -> bool:
         """Wait for the child's first word: ready, or why it failed (it exited). False on timeout."""
         with self._lock:
-            if not self.ready.is_set():
+            if not self.ready.is_set() and self.status >= 0:
                 readable, _, _ = select.select([self.status], [], [], timeout)
                 if not readable:
                     return False
@@ -296,6 +296,10 @@ class Child:
         if self.alive():
             os.kill(self.pid, signal.SIGKILL)
             self._reaper.join()
+        with self._lock:  # a request still waiting for the first word has it (EOF) by now
+            if self.status >= 0:
+                os.close(self.status)
+                self.status = -1
 
 
 def serve_child(watch: Watch, alive: int, status: int) -> None:
